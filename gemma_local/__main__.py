@@ -1,0 +1,3 @@
+from gemma_local.cli import main
+
+main()

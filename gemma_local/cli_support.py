@@ -1,0 +1,90 @@
+"""Helpers every CLI command module shares: one-line errors and the --debug switch."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gemma_local.errors import GemmaLocalError
+from gemma_local.settings import EngineSettings
+
+KV_TYPES = ("f16", "q8_0", "q4_0")
+
+
+class CliError(click.ClickException):
+    """A failure the user can act on: printed as one line, exit code 1."""
+
+    def format_message(self) -> str:
+        return self.message
+
+
+def _debug_enabled() -> bool:
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root().obj if ctx else None
+    return bool((root or {}).get("debug")) or os.environ.get("GEMMA_LOCAL_DEBUG") == "1"
+
+
+def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn gemma-local's own errors into one clear line (unless --debug)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GemmaLocalError as e:
+            if _debug_enabled():
+                raise
+            raise CliError(e.message) from e
+
+    return wrapper
+
+
+def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The options every command that loads a model shares."""
+    options = [
+        click.option("-m", "--model", envvar="GEMMA_LOCAL_MODEL", help="Model name or GGUF path (default: the embedded Gemma 3 270M)."),
+        click.option("--ctx", type=click.IntRange(256, 131072), help="Context tokens per request slot."),
+        click.option("--parallel", type=click.IntRange(1, 64), help="Requests generated at once."),
+        click.option("--threads", type=click.IntRange(1, 512), help="CPU threads (default: physical cores)."),
+        click.option("--kv-type", type=click.Choice(KV_TYPES), help="KV cache type (quantized needs flash attention)."),
+        click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), help="Flash attention (default auto)."),
+        click.option("--swa-full/--no-swa-full", default=None, help="Full-size cache on sliding-window layers (default off)."),
+        click.option("--gpu-layers", type=click.IntRange(-1), help="Layers to offload to a GPU (-1 all, 0 none)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def engine_settings(**flags: Any) -> EngineSettings:
+    """Flags override GEMMA_LOCAL_* env vars, which override defaults."""
+    names = EngineSettings.model_fields.keys()
+    return EngineSettings(**{k: v for k, v in flags.items() if k in names and v is not None})
+
+
+def open_engine(settings: EngineSettings):
+    """Resolve the model and load it; the heavy imports happen only here."""
+    from gemma_local.engine import ContextParams, Engine
+    from gemma_local.engine.engine import DEFAULT_CTX, DEFAULT_PARALLEL
+    from gemma_local.hub.resolve import resolve_model
+
+    resolved = resolve_model(settings.model)
+    params = ContextParams(
+        n_ctx_per_seq=settings.ctx or DEFAULT_CTX,
+        n_seq=settings.parallel or DEFAULT_PARALLEL,
+        n_batch=settings.n_batch,
+        n_ubatch=settings.n_ubatch,
+        n_threads=settings.threads,
+        n_threads_batch=settings.batch_threads,
+        kv_type=settings.kv_type,
+        flash_attn=settings.flash_attn,
+        swa_full=settings.swa_full,
+        gpu_layers=settings.gpu_layers,
+    )
+    return Engine(
+        resolved.path, params, max_queue=settings.max_queue, default_seed=settings.seed, model_id=resolved.id
+    )

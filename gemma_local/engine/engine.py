@@ -1,0 +1,140 @@
+"""The engine's public face: submit a request, get a stream of events back.
+
+    engine = Engine(path)
+    for event in engine.submit(GenerationRequest(messages=(ChatMessage.text("user", "Hi"),))):
+        ...
+
+``submit`` validates and tokenizes on the caller's thread (so bad requests fail at once, with
+a typed error) and hands the job to the batching scheduler.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from gemma_local.engine.chat_format import RenderedPrompt, render, render_raw
+from gemma_local.engine.model import ContextParams, LlamaModel
+from gemma_local.engine.sampling import SamplerChain
+from gemma_local.engine.scheduler import Scheduler, SchedulerStats
+from gemma_local.engine.stream import GenerationStream
+from gemma_local.engine.types import GenerationRequest, GenerationResult
+from gemma_local.errors import ContextOverflowError
+
+DEFAULT_CTX = 8192
+DEFAULT_PARALLEL = 4
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is loaded, for listings and the API's model objects."""
+
+    id: str
+    path: str
+    architecture: str
+    name: str
+    size_bytes: int
+    n_ctx_train: int
+    n_ctx_per_slot: int
+    n_slots: int
+    n_embd: int
+    n_layer: int
+    vision: bool
+    metadata: dict[str, str]
+
+
+class Engine:
+    """A loaded Gemma 3 model serving many requests at once.
+
+    Args:
+        model_path: the GGUF file.
+        params: llama.cpp context parameters (context per slot, slots, KV type, threads...).
+        max_queue: requests allowed to wait for a slot before ``ServerBusyError``.
+        default_seed: seed for requests that give none (None: random per request).
+        model_id: the id the model answers to (default: the file's stem).
+
+    Raises:
+        ModelNotFoundError, ModelLoadError: the file is missing, not GGUF, or fails to load.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        params: ContextParams | None = None,
+        *,
+        max_queue: int = 64,
+        default_seed: int | None = None,
+        model_id: str | None = None,
+    ) -> None:
+        self.model = LlamaModel(model_path, params or ContextParams(n_ctx_per_seq=DEFAULT_CTX, n_seq=DEFAULT_PARALLEL))
+        self.default_seed = default_seed
+        self.model_id = model_id or Path(model_path).stem
+        self._scheduler = Scheduler(self.model, max_queue=max_queue)
+
+    @property
+    def info(self) -> ModelInfo:
+        m = self.model
+        return ModelInfo(
+            id=self.model_id,
+            path=str(m.path),
+            architecture=m.architecture,
+            name=m.name,
+            size_bytes=m.path.stat().st_size,
+            n_ctx_train=m.n_ctx_train,
+            n_ctx_per_slot=m.n_ctx_per_seq,
+            n_slots=m.params.n_seq,
+            n_embd=m.n_embd,
+            n_layer=m.n_layer,
+            vision=False,
+            metadata=dict(m.metadata),
+        )
+
+    def render(self, request: GenerationRequest) -> RenderedPrompt:
+        if request.prompt is not None:
+            return render_raw(request.prompt)
+        return render(request.messages, continue_final=request.continue_final_message)
+
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]:
+        """The exact tokens the model will see for this request."""
+        return self.model.tokenize_prompt(self.render(request))
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Queue a generation and return its stream at once.
+
+        Raises:
+            ChatFormatError: the conversation cannot be rendered.
+            ContextOverflowError: the prompt leaves no room for output in a slot's context.
+            InvalidRequestError: sampling options llama.cpp rejects (bad grammar, logit bias).
+            ServerBusyError: every slot is busy and the waiting queue is full.
+            EngineClosedError: the engine is shutting down.
+        """
+        tokens = self.prompt_tokens(request)
+        n_ctx = self.model.n_ctx_per_seq
+        if len(tokens) >= n_ctx:
+            raise ContextOverflowError(n_prompt_tokens=len(tokens), n_ctx=n_ctx, max_tokens=request.max_tokens)
+        sampler = SamplerChain(
+            request.sampling, vocab=self.model.vocab, n_vocab=self.model.n_vocab, default_seed=self.default_seed
+        )
+        return self._scheduler.submit(request, tokens, sampler)
+
+    def generate(self, request: GenerationRequest) -> GenerationResult:
+        """Submit and wait for the whole answer."""
+        return self.submit(request).result()
+
+    def stats(self) -> SchedulerStats:
+        return self._scheduler.stats()
+
+    def close(self) -> None:
+        """Finish the scheduler and free llama.cpp's memory. Idempotent."""
+        if getattr(self, "_scheduler", None) is not None:
+            self._scheduler.close()
+            self._scheduler = None
+        if getattr(self, "model", None) is not None:
+            self.model.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,250 @@
+"""Load a Gemma 3 GGUF with llama.cpp and own the raw model/context handles.
+
+This is the only module that creates llama.cpp models and contexts. Settings that the
+``Llama()`` wrapper gets wrong for Gemma 3 are chosen here on purpose: threads = physical
+cores, flash attention where supported, ``swa_full=False`` (interleaved sliding-window cache),
+one KV stream per sequence slot.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import llama_cpp
+import psutil
+
+from gemma_local.engine import llama_log
+from gemma_local.engine.chat_format import RenderedPrompt, Special
+from gemma_local.engine.types import ImagePart
+from gemma_local.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
+
+GGUF_MAGIC = b"GGUF"
+
+_KV_TYPES = {
+    "f16": llama_cpp.GGML_TYPE_F16,
+    "q8_0": llama_cpp.GGML_TYPE_Q8_0,
+    "q4_0": llama_cpp.GGML_TYPE_Q4_0,
+}
+_FLASH_ATTN = {
+    "auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO,
+    "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED,
+    "off": llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED,
+}
+
+
+def physical_cores() -> int:
+    """Physical cores: llama.cpp's decode is memory-bound and SMT siblings only contend."""
+    return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """What the engine asks of llama.cpp. ``n_ctx_per_seq`` × ``n_seq`` cells in all."""
+
+    n_ctx_per_seq: int
+    n_seq: int = 1
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    kv_type: str = "f16"
+    flash_attn: str = "auto"
+    swa_full: bool = False
+    gpu_layers: int = -1
+
+
+def check_gguf_file(path: Path) -> None:
+    """Fail early, with a clear message, on files llama.cpp would reject (or crash on)."""
+    if not path.exists():
+        raise ModelNotFoundError(f"Model file not found: {path}")
+    if not path.is_file():
+        raise ModelLoadError(f"{path} is not a file.", path=str(path))
+    try:
+        with path.open("rb") as f:
+            magic = f.read(4)
+    except OSError as e:
+        raise ModelLoadError(f"Cannot read model file {path}: {e.strerror}.", path=str(path)) from e
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"{path} is not a GGUF model file (it does not start with the GGUF magic bytes). "
+            "Re-download it with `gemma-local pull`, or check the path.",
+            path=str(path),
+        )
+
+
+class LlamaModel:
+    """A loaded model and its context. Not thread-safe: the scheduler thread owns decoding."""
+
+    def __init__(self, path: str | os.PathLike[str], params: ContextParams) -> None:
+        llama_log.install()
+        self.path = Path(path)
+        check_gguf_file(self.path)
+        if params.kv_type != "f16" and params.flash_attn == "off":
+            raise InvalidRequestError(
+                f"A {params.kv_type} KV cache needs flash attention; use --flash-attn auto or on, "
+                "or --kv-type f16.",
+                param="kv_type",
+            )
+        self.params = params
+        self.n_threads = params.n_threads or physical_cores()
+        self.n_threads_batch = params.n_threads_batch or self.n_threads
+
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 2**31 - 1
+        llama_log.clear()
+        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
+        if not self.model:
+            raise ModelLoadError(self._failure(f"llama.cpp could not load {self.path}"), path=str(self.path))
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model)
+        self.ctx = None
+        try:
+            self.metadata = self._read_metadata()
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            self.n_ctx_train = llama_cpp.llama_model_n_ctx_train(self.model)
+            self.n_embd = llama_cpp.llama_model_n_embd(self.model)
+            self.n_layer = llama_cpp.llama_model_n_layer(self.model)
+            self.n_swa = 0 if params.swa_full else llama_cpp.llama_model_n_swa(self.model)
+            self.bos = llama_cpp.llama_vocab_bos(self.vocab)
+            self._create_context(params)
+        except Exception:
+            self.close()
+            raise
+        self._piece_cache: dict[int, bytes] = {}
+        self._special_ids = self._lookup_special_tokens()
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _create_context(self, p: ContextParams) -> None:
+        if p.n_ctx_per_seq > self.n_ctx_train:
+            raise InvalidRequestError(
+                f"Context {p.n_ctx_per_seq} is larger than this model was trained for "
+                f"({self.n_ctx_train} tokens); use --ctx {self.n_ctx_train} or less.",
+                param="ctx",
+            )
+        cp = llama_cpp.llama_context_default_params()
+        cp.n_ctx = p.n_ctx_per_seq * p.n_seq
+        cp.n_batch = max(p.n_batch, p.n_ubatch)
+        cp.n_ubatch = p.n_ubatch
+        cp.n_seq_max = p.n_seq
+        cp.n_threads = self.n_threads
+        cp.n_threads_batch = self.n_threads_batch
+        cp.flash_attn_type = _FLASH_ATTN[p.flash_attn]
+        cp.type_k = _KV_TYPES[p.kv_type]
+        cp.type_v = _KV_TYPES[p.kv_type]
+        cp.swa_full = p.swa_full
+        # One KV stream per sequence: a slot's context cannot be eaten by its neighbours.
+        cp.kv_unified = False
+        cp.no_perf = True
+        cp.embeddings = False
+        llama_log.clear()
+        self.ctx = llama_cpp.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise ModelLoadError(
+                self._failure(
+                    f"llama.cpp could not create a context of {p.n_ctx_per_seq} tokens × {p.n_seq} slots "
+                    f"({p.kv_type} KV cache); this is usually a lack of memory: try a smaller --ctx, "
+                    "fewer --parallel slots, --kv-type q8_0, or a smaller quantization"
+                ),
+                path=str(self.path),
+            )
+        self.memory = llama_cpp.llama_get_memory(self.ctx)
+        self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+        self.n_ctx_per_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
+        self.n_batch = cp.n_batch
+
+    def _failure(self, what: str) -> str:
+        details = llama_log.recent_errors()
+        return what + (": " + " / ".join(details) if details else ".")
+
+    def _read_metadata(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        buf = ctypes.create_string_buffer(4096)
+        for i in range(llama_cpp.llama_model_meta_count(self.model)):
+            if llama_cpp.llama_model_meta_key_by_index(self.model, i, buf, len(buf)) < 0:
+                continue
+            key = buf.value.decode("utf-8", errors="replace")
+            if llama_cpp.llama_model_meta_val_str_by_index(self.model, i, buf, len(buf)) < 0:
+                continue
+            out[key] = buf.value.decode("utf-8", errors="replace")
+        return out
+
+    def _lookup_special_tokens(self) -> dict[str, int]:
+        ids = {}
+        for text in ("<bos>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>"):
+            toks = self.tokenize(text, special=True)
+            if len(toks) == 1:
+                ids[text] = toks[0]
+        return ids
+
+    # --- tokens ----------------------------------------------------------------------------
+
+    def tokenize(self, text: str, *, special: bool = False) -> list[int]:
+        """Tokenize without adding BOS. ``special`` parses control-token text as control tokens."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 8
+        buf = (llama_cpp.llama_token * capacity)()
+        n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
+        if n < 0:
+            capacity = -n
+            buf = (llama_cpp.llama_token * capacity)()
+            n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
+        return list(buf[:n])
+
+    def tokenize_prompt(self, prompt: RenderedPrompt) -> list[int]:
+        """Tokens of a rendered prompt: control tokens parsed, user text taken literally."""
+        tokens: list[int] = []
+        for seg in prompt.segments:
+            if isinstance(seg, Special):
+                if seg.text == "<bos>":
+                    tokens.append(self.bos)
+                else:
+                    tokens.extend(self.tokenize(seg.text, special=True))
+            elif isinstance(seg, ImagePart):
+                raise InvalidRequestError(
+                    "This model has no vision projector loaded, so it cannot read images. "
+                    "Use a Gemma 3 4B, 12B or 27B model with its mmproj file.",
+                    param="messages",
+                )
+            else:
+                tokens.extend(self.tokenize(seg, special=False))
+        return tokens
+
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes a token stands for (control tokens render as nothing)."""
+        piece = self._piece_cache.get(token)
+        if piece is None:
+            buf = ctypes.create_string_buffer(64)
+            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            piece = buf.raw[:n]
+            self._piece_cache[token] = piece
+        return piece
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    def special_id(self, text: str) -> int | None:
+        return self._special_ids.get(text)
+
+    # --- description -------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.metadata.get("general.name") or self.path.stem
+
+    @property
+    def architecture(self) -> str:
+        return self.metadata.get("general.architecture", "unknown")
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            llama_cpp.llama_model_free(self.model)
+            self.model = None

@@ -1,0 +1,395 @@
+"""Continuous batching over one llama.cpp context with N sequence slots.
+
+One thread owns the context. Each step it packs, into a single ``llama_decode`` call, the next
+token of every generating request plus chunks of pending prompts (so a long prompt never
+stalls running streams), then samples each request's token with that request's own sampler
+chain. Requests join between steps and leave, freeing their slot, as soon as they finish or
+are cancelled. A slot keeps its KV after a request ends, so the next request that shares a
+prefix with it (multi-turn chat, a shared system prompt) only computes the new tokens.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import llama_cpp
+import numpy as np
+
+from gemma_local.engine.model import LlamaModel
+from gemma_local.engine.sampling import SamplerChain
+from gemma_local.engine.stream import GenerationStream
+from gemma_local.engine.text_stream import TextAssembler
+from gemma_local.engine.types import (
+    FinishReason,
+    Finished,
+    GenerationRequest,
+    TextDelta,
+    Timings,
+    TokenLogprob,
+    Usage,
+)
+from gemma_local.errors import EngineClosedError, GenerationError, ServerBusyError
+
+logger = logging.getLogger("gemma_local.engine")
+
+
+@dataclass(eq=False)
+class Job:
+    request: GenerationRequest
+    stream: GenerationStream
+    prompt: list[int]
+    sampler: SamplerChain
+    submitted_at: float
+    slot: Slot | None = None
+    n_past: int = 0  # tokens of this sequence already in the KV cache
+    cached_tokens: int = 0
+    next_token: int | None = None  # sampled, not yet decoded
+    n_generated: int = 0
+    out_index: int = -1  # where this job's logits sit in the current batch
+    started_at: float = 0.0
+    first_token_at: float = 0.0
+    prompt_done_at: float = 0.0
+    assembler: TextAssembler = field(default_factory=TextAssembler)
+    pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def prefilling(self) -> bool:
+        return self.n_past < len(self.prompt)
+
+
+@dataclass(eq=False)
+class Slot:
+    seq_id: int
+    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
+    job: Job | None = None
+    last_used: float = 0.0
+
+
+def common_prefix_len(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    if n and a[:n] == b[:n]:
+        return n
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+@dataclass(frozen=True)
+class SchedulerStats:
+    slots: int
+    active: int
+    queued: int
+    n_ctx_per_slot: int
+
+
+class Scheduler:
+    """Runs every submitted job to completion on one background thread."""
+
+    def __init__(self, model: LlamaModel, *, max_queue: int = 64) -> None:
+        self.model = model
+        self.max_queue = max_queue
+        self.slots = [Slot(seq_id=i) for i in range(model.params.n_seq)]
+        self._pending: collections.deque[Job] = collections.deque()
+        self._active: list[Job] = []
+        self._cond = threading.Condition()
+        self._closing = False
+        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        self._ids = itertools.count(1)
+        self._thread = threading.Thread(target=self._run, name="gemma-local-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- public, any thread ------------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest, prompt: list[int], sampler: SamplerChain) -> GenerationStream:
+        request_id = request.request_id or f"gen-{next(self._ids)}"
+        stream = GenerationStream(request_id, on_cancel=self._wake)
+        job = Job(request=request, stream=stream, prompt=prompt, sampler=sampler, submitted_at=time.perf_counter())
+        with self._cond:
+            if self._closing:
+                sampler.close()
+                raise EngineClosedError()
+            free = len(self.slots) - len(self._active)
+            if len(self._pending) >= self.max_queue + max(free, 0):
+                sampler.close()
+                raise ServerBusyError(queue_size=len(self._pending))
+            self._pending.append(job)
+            self._cond.notify()
+        return stream
+
+    def stats(self) -> SchedulerStats:
+        with self._cond:
+            return SchedulerStats(
+                slots=len(self.slots),
+                active=len(self._active),
+                queued=len(self._pending),
+                n_ctx_per_slot=self.model.n_ctx_per_seq,
+            )
+
+    def close(self, timeout: float | None = 10.0) -> None:
+        """Stop accepting work, end every running and waiting request, join the thread."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        if not self._thread.is_alive() and self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify()
+
+    # --- scheduler thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._closing and not self._active and not self._pending:
+                    self._cond.wait()
+                if self._closing:
+                    break
+                admitted = self._admit_locked()
+            for job in admitted:
+                self._start(job)
+            self._reap_cancelled()
+            if self._active:
+                try:
+                    self._step()
+                except Exception as e:  # a bug must fail the requests in flight, not the engine
+                    logger.exception("scheduler step failed")
+                    for job in list(self._active):
+                        self._fail(job, GenerationError(f"Generation failed: {e}"))
+        self._shutdown()
+
+    def _admit_locked(self) -> list[Job]:
+        admitted = []
+        # Cancelled waiting jobs leave the queue at once, even when every slot is busy.
+        for job in [j for j in self._pending if j.stream.cancel_requested]:
+            self._pending.remove(job)
+            self._finish_unstarted(job, "cancelled")
+        free = len(self.slots) - len(self._active) - len(admitted)
+        while self._pending and free > 0:
+            job = self._pending.popleft()
+            self._active.append(job)
+            admitted.append(job)
+            free -= 1
+        return admitted
+
+    def _start(self, job: Job) -> None:
+        job.started_at = time.perf_counter()
+        slot = self._choose_slot(job.prompt)
+        slot.job = job
+        job.slot = slot
+        job.assembler = TextAssembler(job.request.stop)
+        n_keep = self._reuse_prefix(slot, job.prompt)
+        job.n_past = n_keep
+        job.cached_tokens = n_keep
+
+    def _choose_slot(self, prompt: list[int]) -> Slot:
+        free = [s for s in self.slots if s.job is None]
+        # Longest shared prefix first; among equals, the least recently used slot.
+        return max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+
+    def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> int:
+        """Trim the slot's KV to the prefix it shares with ``prompt``; return its length."""
+        mem = self.model.memory
+        seq = slot.seq_id
+        # The last prompt token is always decoded again: its logits give the first new token.
+        n_keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
+        if n_keep > 0 and self.model.n_swa > 0:
+            # Sliding-window layers only keep the last n_swa positions. Continuing at n_keep
+            # needs the window before it still in the cache; otherwise start from scratch.
+            pos_min = llama_cpp.llama_memory_seq_pos_min(mem, seq)
+            if pos_min < 0 or pos_min > max(0, n_keep - self.model.n_swa):
+                n_keep = 0
+        if n_keep > 0 and not llama_cpp.llama_memory_seq_rm(mem, seq, n_keep, -1):
+            n_keep = 0
+        if n_keep == 0:
+            llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
+        slot.cached = slot.cached[:n_keep]
+        return n_keep
+
+    def _reap_cancelled(self) -> None:
+        for job in [j for j in self._active if j.stream.cancel_requested]:
+            self._finish(job, "cancelled")
+        with self._cond:
+            for job in [j for j in self._pending if j.stream.cancel_requested]:
+                self._pending.remove(job)
+                self._finish_unstarted(job, "cancelled")
+
+    def _step(self) -> None:
+        batch = self._batch
+        n_ctx = self.model.n_ctx_per_seq
+        capacity = self.model.n_batch
+        n = 0
+        in_batch: list[tuple[Job, int]] = []  # (job, tokens it added)
+
+        def add(token: int, pos: int, seq: int, logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = pos
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = seq
+            batch.logits[n] = logits
+            n += 1
+
+        for job in [j for j in self._active if not j.prefilling]:
+            if job.n_past >= n_ctx:
+                self._finish(job, "length")
+                continue
+            job.out_index = n
+            add(job.next_token, job.n_past, job.slot.seq_id, True)
+            in_batch.append((job, 1))
+        for job in [j for j in self._active if j.prefilling]:
+            room = capacity - n
+            if room <= 0:
+                break
+            chunk = job.prompt[job.n_past : job.n_past + room]
+            last = job.n_past + len(chunk) == len(job.prompt)
+            for i, token in enumerate(chunk):
+                add(token, job.n_past + i, job.slot.seq_id, last and i == len(chunk) - 1)
+            job.out_index = n - 1 if last else -1
+            in_batch.append((job, len(chunk)))
+        if n == 0:
+            return
+        batch.n_tokens = n
+        rc = llama_cpp.llama_decode(self.model.ctx, batch)
+        if rc != 0:
+            self._decode_failed(rc, [job for job, _ in in_batch])
+            return
+        now = time.perf_counter()
+        for job, count in in_batch:
+            added = (
+                job.prompt[job.n_past : job.n_past + count] if job.prefilling else [job.next_token]
+            )
+            job.slot.cached.extend(added)
+            job.n_past += count
+            if job.out_index >= 0:
+                if not job.prompt_done_at:
+                    job.prompt_done_at = now
+                self._sample(job)
+
+    def _decode_failed(self, rc: int, jobs: list[Job]) -> None:
+        reason = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, f"llama_decode returned {rc}")
+        logger.error("decode failed (%s) for %d requests", reason, len(jobs))
+        for job in jobs:
+            llama_cpp.llama_memory_seq_rm(self.model.memory, job.slot.seq_id, -1, -1)
+            job.slot.cached = []
+            self._fail(job, GenerationError(f"Generation failed: {reason}."))
+
+    def _sample(self, job: Job) -> None:
+        model = self.model
+        token = job.sampler.sample(model.ctx, job.out_index)
+        if job.n_generated == 0:
+            job.first_token_at = time.perf_counter()
+        job.n_generated += 1
+        if job.request.logprobs is not None:
+            job.pending_logprobs.append(self._logprob(job.out_index, token, job.request.logprobs))
+        if model.is_end_of_generation(token):
+            self._finish(job, "stop")
+            return
+        text, hit = job.assembler.push(model.token_bytes(token))
+        if text:
+            self._emit(job, text)
+        if hit is not None:
+            self._finish(job, "stop", stop_sequence=hit.stop, flush=False)
+        elif job.request.max_tokens is not None and job.n_generated >= job.request.max_tokens:
+            self._finish(job, "length")
+        elif job.n_past >= model.n_ctx_per_seq:
+            self._finish(job, "length")
+        else:
+            job.next_token = token
+
+    def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
+        model = self.model
+        ptr = llama_cpp.llama_get_logits_ith(model.ctx, index)
+        logits = np.ctypeslib.as_array(ptr, shape=(model.n_vocab,)).astype(np.float64)
+        top = logits.max()
+        logsumexp = top + np.log(np.exp(logits - top).sum())
+
+        def entry(t: int) -> tuple[str, float, tuple[int, ...]]:
+            raw = model.token_bytes(int(t))
+            return raw.decode("utf-8", errors="replace"), float(logits[t] - logsumexp), tuple(raw)
+
+        alternatives: tuple[tuple[str, float, tuple[int, ...]], ...] = ()
+        if top_n > 0:
+            ids = np.argpartition(-logits, top_n)[:top_n]
+            ids = ids[np.argsort(-logits[ids])]
+            alternatives = tuple(entry(int(t)) for t in ids)
+        text, logprob, raw = entry(token)
+        return TokenLogprob(token=text, logprob=logprob, bytes=raw, top=alternatives)
+
+    def _emit(self, job: Job, text: str) -> None:
+        logprobs = tuple(job.pending_logprobs)
+        job.pending_logprobs.clear()
+        job.stream._push(TextDelta(text=text, n_tokens=len(logprobs) or 1, logprobs=logprobs))
+
+    def _usage(self, job: Job) -> Usage:
+        return Usage(prompt_tokens=len(job.prompt), completion_tokens=job.n_generated, cached_tokens=job.cached_tokens)
+
+    def _timings(self, job: Job) -> Timings:
+        now = time.perf_counter()
+        started = job.started_at or now
+        prompt_done = job.prompt_done_at or now
+        return Timings(
+            queued_s=started - job.submitted_at,
+            time_to_first_token_s=(job.first_token_at - job.submitted_at) if job.first_token_at else 0.0,
+            prompt_s=prompt_done - started,
+            generation_s=now - prompt_done,
+        )
+
+    def _release(self, job: Job) -> None:
+        if job in self._active:
+            self._active.remove(job)
+        if job.slot is not None:
+            job.slot.job = None
+            job.slot.last_used = time.perf_counter()
+        job.sampler.close()
+
+    def _finish(
+        self, job: Job, reason: FinishReason, *, stop_sequence: str | None = None, flush: bool = True
+    ) -> None:
+        if flush:
+            tail = job.assembler.finish()
+            if tail or job.pending_logprobs:
+                self._emit(job, tail)
+        elif job.pending_logprobs:
+            self._emit(job, "")
+        self._release(job)
+        job.stream._push(
+            Finished(
+                finish_reason=reason,
+                usage=self._usage(job),
+                timings=self._timings(job),
+                stop_sequence=stop_sequence,
+            )
+        )
+
+    def _fail(self, job: Job, error: Exception) -> None:
+        self._release(job)
+        job.stream._push(Finished(finish_reason="error", usage=self._usage(job), timings=self._timings(job), error=error))
+
+    def _finish_unstarted(self, job: Job, reason: FinishReason, error: Exception | None = None) -> None:
+        job.sampler.close()
+        job.stream._push(
+            Finished(
+                finish_reason=reason,
+                usage=Usage(prompt_tokens=len(job.prompt), completion_tokens=0),
+                timings=self._timings(job),
+                error=error,
+            )
+        )
+
+    def _shutdown(self) -> None:
+        for job in list(self._active):
+            self._finish(job, "cancelled")
+        with self._cond:
+            pending, self._pending = list(self._pending), collections.deque()
+        for job in pending:
+            self._finish_unstarted(job, "error", EngineClosedError())

@@ -1,0 +1,52 @@
+"""What ``gemma-local models`` lists: the embedded default plus everything in the store."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from gemma_local.hub import embedded
+from gemma_local.paths import cache_dir
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    name: str
+    path: str | None
+    size_bytes: int | None
+    source: str  # "embedded" or "store"
+    default: bool
+    vision: bool = False
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def local_models() -> list[LocalModel]:
+    rows: list[LocalModel] = []
+    if embedded.is_installed():
+        assembled = cache_dir() / embedded.EMBEDDED_FILE
+        rows.append(
+            LocalModel(
+                name=embedded.EMBEDDED_NAME,
+                path=str(assembled) if assembled.exists() else None,
+                size_bytes=embedded.EMBEDDED_SIZE,
+                source="embedded",
+                default=True,
+            )
+        )
+    try:
+        from gemma_local.hub.store import ModelStore
+    except ImportError:  # the store arrives with the downloader
+        return rows
+    for entry in ModelStore().list():
+        rows.append(
+            LocalModel(
+                name=entry.name,
+                path=str(entry.path),
+                size_bytes=entry.size_bytes,
+                source="store",
+                default=False,
+                vision=entry.mmproj_path is not None,
+            )
+        )
+    return rows

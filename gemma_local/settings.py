@@ -1,0 +1,52 @@
+"""One settings object for every tunable, read from flags > ``GEMMA_LOCAL_*`` env > defaults."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+KvCacheType = Literal["f16", "q8_0", "q4_0"]
+FlashAttention = Literal["auto", "on", "off"]
+
+
+class EngineSettings(BaseSettings):
+    """How the llama.cpp engine is set up. Every field has a ``GEMMA_LOCAL_`` env var."""
+
+    model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
+
+    model: str | None = Field(None, description="Model name in the store, or a path to a GGUF file.")
+    ctx: int | None = Field(
+        None, ge=256, le=131072, description="Context tokens per request slot (default: planned)."
+    )
+    parallel: int | None = Field(
+        None, ge=1, le=64, description="Requests generated at once (default: planned)."
+    )
+    threads: int | None = Field(None, ge=1, le=512, description="CPU threads (default: physical cores).")
+    batch_threads: int | None = Field(
+        None, ge=1, le=512, description="CPU threads for prompt processing (default: threads)."
+    )
+    n_batch: int = Field(512, ge=32, le=65536, description="Tokens per llama_decode call.")
+    n_ubatch: int = Field(512, ge=32, le=65536, description="Physical micro-batch size.")
+    kv_type: KvCacheType = Field("f16", description="KV cache type; quantized V needs flash attention.")
+    flash_attn: FlashAttention = Field("auto", description="Flash attention: auto uses it where supported.")
+    swa_full: bool = Field(
+        False, description="Full-size cache on sliding-window layers (wastes memory; off by default)."
+    )
+    gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1 = all, 0 = CPU only).")
+    max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")
+    seed: int | None = Field(None, description="Default sampling seed when a request gives none.")
+
+
+class ServerSettings(BaseSettings):
+    """How the HTTP server is set up."""
+
+    model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
+    port: int = Field(8080, ge=0, le=65535)
+    api_key: str | None = Field(None, description="Require this key (Bearer or x-api-key).")
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
+    max_output_tokens: int = Field(8192, ge=1, le=131072, description="Server cap on output tokens.")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
