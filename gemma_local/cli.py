@@ -17,6 +17,7 @@ import click
 from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors, open_engine
 from gemma_local.errors import GemmaLocalError
 
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks and llama.cpp's log.")
 @click.version_option(package_name="gemma-local")
@@ -24,9 +25,7 @@ from gemma_local.errors import GemmaLocalError
 def main(ctx: click.Context, debug: bool) -> None:
     """gemma-local: run Google's Gemma 3 on this machine, offline."""
     ctx.obj = {"debug": debug}
-    logging.basicConfig(
-        level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         # llama.cpp's own log is for --debug; our errors already quote what matters from it.
         logging.getLogger("gemma_local.llama_cpp").setLevel(logging.CRITICAL)
@@ -34,7 +33,9 @@ def main(ctx: click.Context, debug: bool) -> None:
 
 def _sampling_options(func: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True, help="Most tokens to generate."),
+        click.option(
+            "--max-tokens", type=click.IntRange(1), default=512, show_default=True, help="Most tokens to generate."
+        ),
         click.option("--temperature", type=click.FloatRange(0, 2), default=0.7, show_default=True, help="0 is greedy."),
         click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, show_default=True),
         click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="0 disables top-k."),

@@ -46,13 +46,20 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """The options every command that loads a model shares."""
     options = [
-        click.option("-m", "--model", envvar="GEMMA_LOCAL_MODEL", help="Model name or GGUF path (default: the embedded Gemma 3 270M)."),
+        click.option(
+            "-m",
+            "--model",
+            envvar="GEMMA_LOCAL_MODEL",
+            help="Model name or GGUF path (default: the embedded Gemma 3 270M).",
+        ),
         click.option("--ctx", type=click.IntRange(256, 131072), help="Context tokens per request slot."),
         click.option("--parallel", type=click.IntRange(1, 64), help="Requests generated at once."),
         click.option("--threads", type=click.IntRange(1, 512), help="CPU threads (default: physical cores)."),
         click.option("--kv-type", type=click.Choice(KV_TYPES), help="KV cache type (quantized needs flash attention)."),
         click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), help="Flash attention (default auto)."),
-        click.option("--swa-full/--no-swa-full", default=None, help="Full-size cache on sliding-window layers (default off)."),
+        click.option(
+            "--swa-full/--no-swa-full", default=None, help="Full-size cache on sliding-window layers (default off)."
+        ),
         click.option("--gpu-layers", type=click.IntRange(-1), help="Layers to offload to a GPU (-1 all, 0 none)."),
     ]
     for option in reversed(options):
@@ -85,6 +92,4 @@ def open_engine(settings: EngineSettings):
         swa_full=settings.swa_full,
         gpu_layers=settings.gpu_layers,
     )
-    return Engine(
-        resolved.path, params, max_queue=settings.max_queue, default_seed=settings.seed, model_id=resolved.id
-    )
+    return Engine(resolved.path, params, max_queue=settings.max_queue, default_seed=settings.seed, model_id=resolved.id)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gemma_local.errors import ChatFormatError
 from gemma_local.engine.types import ChatMessage, ImagePart, TextPart
+from gemma_local.errors import ChatFormatError
 
 BOS = "<bos>"
 START_OF_TURN = "<start_of_turn>"

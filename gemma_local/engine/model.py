@@ -84,8 +84,7 @@ class LlamaModel:
         check_gguf_file(self.path)
         if params.kv_type != "f16" and params.flash_attn == "off":
             raise InvalidRequestError(
-                f"A {params.kv_type} KV cache needs flash attention; use --flash-attn auto or on, "
-                "or --kv-type f16.",
+                f"A {params.kv_type} KV cache needs flash attention; use --flash-attn auto or on, or --kv-type f16.",
                 param="kv_type",
             )
         self.params = params

@@ -91,4 +91,3 @@ def _resolve_seed(seed: int | None, default_seed: int | None) -> int:
         return random.SystemRandom().randrange(_MAX_SEED)
     # OpenAI seeds are any int64; llama.cpp takes a uint32.
     return seed & _MAX_SEED
-

@@ -25,8 +25,8 @@ from gemma_local.engine.sampling import SamplerChain
 from gemma_local.engine.stream import GenerationStream
 from gemma_local.engine.text_stream import TextAssembler
 from gemma_local.engine.types import (
-    FinishReason,
     Finished,
+    FinishReason,
     GenerationRequest,
     TextDelta,
     Timings,
@@ -265,9 +265,7 @@ class Scheduler:
             return
         now = time.perf_counter()
         for job, count in in_batch:
-            added = (
-                job.prompt[job.n_past : job.n_past + count] if job.prefilling else [job.next_token]
-            )
+            added = job.prompt[job.n_past : job.n_past + count] if job.prefilling else [job.next_token]
             job.slot.cached.extend(added)
             job.n_past += count
             if job.out_index >= 0:
@@ -299,9 +297,9 @@ class Scheduler:
             self._emit(job, text)
         if hit is not None:
             self._finish(job, "stop", stop_sequence=hit.stop, flush=False)
-        elif job.request.max_tokens is not None and job.n_generated >= job.request.max_tokens:
-            self._finish(job, "length")
-        elif job.n_past >= model.n_ctx_per_seq:
+        elif (
+            job.request.max_tokens is not None and job.n_generated >= job.request.max_tokens
+        ) or job.n_past >= model.n_ctx_per_seq:
             self._finish(job, "length")
         else:
             job.next_token = token
@@ -352,9 +350,7 @@ class Scheduler:
             job.slot.last_used = time.perf_counter()
         job.sampler.close()
 
-    def _finish(
-        self, job: Job, reason: FinishReason, *, stop_sequence: str | None = None, flush: bool = True
-    ) -> None:
+    def _finish(self, job: Job, reason: FinishReason, *, stop_sequence: str | None = None, flush: bool = True) -> None:
         if flush:
             tail = job.assembler.finish()
             if tail or job.pending_logprobs:
@@ -373,7 +369,9 @@ class Scheduler:
 
     def _fail(self, job: Job, error: Exception) -> None:
         self._release(job)
-        job.stream._push(Finished(finish_reason="error", usage=self._usage(job), timings=self._timings(job), error=error))
+        job.stream._push(
+            Finished(finish_reason="error", usage=self._usage(job), timings=self._timings(job), error=error)
+        )
 
     def _finish_unstarted(self, job: Job, reason: FinishReason, error: Exception | None = None) -> None:
         job.sampler.close()

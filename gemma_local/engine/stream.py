@@ -8,6 +8,7 @@ Leaving an ``async for`` early (a client disconnect) cancels the generation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -35,10 +36,9 @@ class GenerationStream:
             if isinstance(event, Finished):
                 self._finished = event
             if self._loop is not None and self._async_queue is not None:
-                try:
+                # RuntimeError: the consumer's loop is gone; nobody is listening any more.
+                with contextlib.suppress(RuntimeError):
                     self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
-                except RuntimeError:  # the consumer's loop is gone; nobody is listening
-                    pass
             else:
                 self._sync_queue.put(event)
 
