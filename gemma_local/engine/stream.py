@@ -2,7 +2,9 @@
 
 Iterate it (``for`` or ``async for``) to receive events; call :meth:`cancel` to stop it. The
 scheduler thread pushes events in; consumers on any thread or event loop pull them out.
-Leaving an ``async for`` early (a client disconnect) cancels the generation.
+A stream that is abandoned before its last event (a client disconnect, a ``break``) cancels
+its generation when the iterator is closed: at once with ``contextlib.aclosing`` or an
+explicit :meth:`GenerationStream.cancel`, else when the event loop finalises it.
 """
 
 from __future__ import annotations
