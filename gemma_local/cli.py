@@ -86,7 +86,7 @@ def generate(
         max_tokens=max_tokens,
         stop=tuple(stop),
     )
-    with open_engine(engine_settings(**engine_flags)) as engine:
+    with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
         stream = engine.submit(request)
         text: list[str] = []
         final: Finished | None = None
@@ -152,7 +152,7 @@ def chat(
 
     history: list[ChatMessage] = []
     sampling = _sampling(temperature, top_p, top_k, seed)
-    with open_engine(engine_settings(**engine_flags)) as engine:
+    with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
         click.echo(f"Chatting with {engine.model_id}. /reset clears the history, /exit quits.", err=True)
         while True:
             try:
@@ -193,9 +193,17 @@ def chat(
 
 def _register_commands() -> None:
     # Each noun lives in its own module under gemma_local/commands/.
+    from gemma_local.commands.index import index
+    from gemma_local.commands.info import info
     from gemma_local.commands.models import models
+    from gemma_local.commands.pull import pull
+    from gemma_local.commands.serve import serve
 
     main.add_command(models)
+    main.add_command(pull)
+    main.add_command(index)
+    main.add_command(info)
+    main.add_command(serve)
 
 
 _register_commands()

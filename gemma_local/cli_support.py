@@ -73,23 +73,53 @@ def engine_settings(**flags: Any) -> EngineSettings:
     return EngineSettings(**{k: v for k, v in flags.items() if k in names and v is not None})
 
 
-def open_engine(settings: EngineSettings):
-    """Resolve the model and load it; the heavy imports happen only here."""
+def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | None = None):
+    """The memory plan for this model under these settings (user choices kept, the rest fitted)."""
+    from gemma_local.engine.planner import MachineMemory, ModelShape, plan
+
+    return plan(
+        ModelShape.from_gguf(model_path),
+        MachineMemory.detect(),
+        ctx=settings.ctx,
+        parallel=settings.parallel or default_parallel,
+        kv_type=settings.kv_type,
+        swa_full=settings.swa_full,
+        flash_attn=settings.flash_attn != "off",
+        n_ubatch=settings.n_ubatch,
+    )
+
+
+def open_engine(settings: EngineSettings, *, default_parallel: int | None = None, announce: bool = False):
+    """Resolve the model, plan its memory and load it; the heavy imports happen only here.
+
+    Args:
+        settings: the user's flags and env vars; unset sizes are chosen by the memory planner.
+        default_parallel: slots to use when the user set none (1 for one-shot CLI commands).
+        announce: print the chosen plan and why on stderr (``serve`` does).
+    """
     from gemma_local.engine import ContextParams, Engine
-    from gemma_local.engine.engine import DEFAULT_CTX, DEFAULT_PARALLEL
     from gemma_local.hub.resolve import resolve_model
 
     resolved = resolve_model(settings.model)
+    chosen = plan_for(settings, resolved.path, default_parallel=default_parallel)
+    if announce:
+        click.echo(
+            f"Model {resolved.id}: {chosen.parallel} slot(s) × {chosen.ctx} tokens, {chosen.kv_type} KV cache, "
+            f"~{chosen.estimate.total / 2**30:.2f} GiB.",
+            err=True,
+        )
+        for reason in chosen.reasons:
+            click.echo(f"  {reason}", err=True)
     params = ContextParams(
-        n_ctx_per_seq=settings.ctx or DEFAULT_CTX,
-        n_seq=settings.parallel or DEFAULT_PARALLEL,
+        n_ctx_per_seq=chosen.ctx,
+        n_seq=chosen.parallel,
         n_batch=settings.n_batch,
         n_ubatch=settings.n_ubatch,
         n_threads=settings.threads,
         n_threads_batch=settings.batch_threads,
-        kv_type=settings.kv_type,
+        kv_type=chosen.kv_type,
         flash_attn=settings.flash_attn,
         swa_full=settings.swa_full,
-        gpu_layers=settings.gpu_layers,
+        gpu_layers=settings.gpu_layers if settings.gpu_layers is not None else chosen.gpu_layers,
     )
     return Engine(resolved.path, params, max_queue=settings.max_queue, default_seed=settings.seed, model_id=resolved.id)

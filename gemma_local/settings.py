@@ -17,24 +17,25 @@ class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
 
     model: str | None = Field(None, description="Model name in the store, or a path to a GGUF file.")
-    ctx: int | None = Field(
-        None, ge=256, le=131072, description="Context tokens per request slot (default: planned)."
-    )
-    parallel: int | None = Field(
-        None, ge=1, le=64, description="Requests generated at once (default: planned)."
-    )
+    ctx: int | None = Field(None, ge=256, le=131072, description="Context tokens per request slot (default: planned).")
+    parallel: int | None = Field(None, ge=1, le=64, description="Requests generated at once (default: planned).")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads (default: physical cores).")
     batch_threads: int | None = Field(
         None, ge=1, le=512, description="CPU threads for prompt processing (default: threads)."
     )
     n_batch: int = Field(512, ge=32, le=65536, description="Tokens per llama_decode call.")
     n_ubatch: int = Field(512, ge=32, le=65536, description="Physical micro-batch size.")
-    kv_type: KvCacheType = Field("f16", description="KV cache type; quantized V needs flash attention.")
+    kv_type: KvCacheType | None = Field(
+        None,
+        description="KV cache type (default: f16, or q8_0 when f16 does not fit); quantized needs flash attention.",
+    )
     flash_attn: FlashAttention = Field("auto", description="Flash attention: auto uses it where supported.")
     swa_full: bool = Field(
         False, description="Full-size cache on sliding-window layers (wastes memory; off by default)."
     )
-    gpu_layers: int = Field(-1, ge=-1, description="Layers offloaded to the GPU (-1 = all, 0 = CPU only).")
+    gpu_layers: int | None = Field(
+        None, ge=-1, description="Layers offloaded to the GPU (-1 = all, 0 = CPU only; default: planned)."
+    )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")
     seed: int | None = Field(None, description="Default sampling seed when a request gives none.")
 

@@ -69,12 +69,13 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path: Path, model_path: Path) -> None
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     assert "is not a GGUF model file" in proc.stderr
 
-    truncated = tmp_path / "truncated.gguf"
-    truncated.write_bytes(model_path.read_bytes()[: 4 * 1024 * 1024])
-    proc = run_cli("generate", "hi", "--model", str(truncated))
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "could not load" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
+    for cut, message in ((1 << 20, "is truncated"), (64 << 20, "could not load")):
+        truncated = tmp_path / f"truncated-{cut}.gguf"
+        truncated.write_bytes(model_path.read_bytes()[:cut])
+        proc = run_cli("generate", "hi", "--model", str(truncated))
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert message in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_loader_errors_are_typed(tmp_path: Path) -> None:

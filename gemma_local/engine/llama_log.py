@@ -6,10 +6,12 @@ log; the loader quotes these lines in the error it raises.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import threading
 from collections import deque
+from collections.abc import Iterator
 
 import llama_cpp
 
@@ -18,6 +20,7 @@ logger = logging.getLogger("gemma_local.llama_cpp")
 _recent: deque[str] = deque(maxlen=40)
 _lock = threading.Lock()
 _partial: list[str] = []
+_captures: list[list[str]] = []
 
 
 @llama_cpp.llama_log_callback
@@ -30,8 +33,11 @@ def _callback(level: int, text: bytes, _user_data: ctypes.c_void_p) -> None:
         full = "".join(_partial).rstrip()
         _partial.clear()
         _recent.append(full)
-    # GGML levels: 1 info, 2 warn, 3 error, 4 debug, 5 continuation.
-    logger.log(logging.ERROR if level == 3 else logging.DEBUG, "%s", full)
+        for sink in _captures:
+            sink.append(full)
+    # GGML levels: 1 debug, 2 info, 3 warn, 4 error, 5 continuation. llama.cpp warns about
+    # harmless model quirks on every load, so only its errors reach the user's log by default.
+    logger.log(logging.ERROR if level == 4 else logging.DEBUG, "%s", full)
 
 
 _installed = False
@@ -58,3 +64,17 @@ def recent_errors(limit: int = 3) -> list[str]:
 def clear() -> None:
     with _lock:
         _recent.clear()
+
+
+@contextlib.contextmanager
+def capture() -> Iterator[list[str]]:
+    """Collect every line llama.cpp logs inside the block (e.g. its buffer sizes at load)."""
+    sink: list[str] = []
+    with _lock:
+        _captures.append(sink)
+    try:
+        yield sink
+    finally:
+        with _lock:
+            # By identity: two sinks with equal contents are still different captures.
+            _captures[:] = [c for c in _captures if c is not sink]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,36 @@ _FLASH_ATTN = {
 def physical_cores() -> int:
     """Physical cores: llama.cpp's decode is memory-bound and SMT siblings only contend."""
     return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+
+_BUFFER_LINE = re.compile(r"^(\w+):\s+(\S+)\s+(model|KV|compute|output) buffer size =\s+([\d.]+) MiB")
+
+
+@dataclass(frozen=True)
+class Allocations:
+    """What llama.cpp reported allocating, in bytes, by kind (summed over devices)."""
+
+    model: int = 0
+    kv: int = 0
+    compute: int = 0
+    output: int = 0
+    by_device: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def total(self) -> int:
+        return self.model + self.kv + self.compute + self.output
+
+    @classmethod
+    def from_log(cls, lines: list[str]) -> Allocations:
+        sums = {"model": 0, "KV": 0, "compute": 0, "output": 0}
+        rows = []
+        for line in lines:
+            m = _BUFFER_LINE.match(line.strip())
+            if m:
+                size = int(float(m.group(4)) * 1024 * 1024)
+                sums[m.group(3)] += size
+                rows.append((m.group(2), m.group(3), size))
+        return cls(sums["model"], sums["KV"], sums["compute"], sums["output"], tuple(rows))
 
 
 @dataclass(frozen=True)
@@ -94,7 +125,8 @@ class LlamaModel:
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 2**31 - 1
         llama_log.clear()
-        self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
+        with llama_log.capture() as load_log:
+            self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self.model:
             raise ModelLoadError(self._failure(f"llama.cpp could not load {self.path}"), path=str(self.path))
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
@@ -107,7 +139,9 @@ class LlamaModel:
             self.n_layer = llama_cpp.llama_model_n_layer(self.model)
             self.n_swa = 0 if params.swa_full else llama_cpp.llama_model_n_swa(self.model)
             self.bos = llama_cpp.llama_vocab_bos(self.vocab)
-            self._create_context(params)
+            with llama_log.capture() as context_log:
+                self._create_context(params)
+            self.allocations = Allocations.from_log(load_log + context_log)
         except Exception:
             self.close()
             raise
@@ -128,6 +162,11 @@ class LlamaModel:
         cp.n_batch = max(p.n_batch, p.n_ubatch)
         cp.n_ubatch = p.n_ubatch
         cp.n_seq_max = p.n_seq
+        # The scheduler asks for at most one row of logits per sequence per batch. Telling
+        # llama.cpp so shrinks the compute buffer by n_vocab × n_ubatch × 4 bytes (512 MiB for
+        # Gemma's 262k vocabulary at n_ubatch 512) that would otherwise be reserved for nothing.
+        cp.n_outputs_max = p.n_seq
+        cp.n_outputs_max_per_seq = 1
         cp.n_threads = self.n_threads
         cp.n_threads_batch = self.n_threads_batch
         cp.flash_attn_type = _FLASH_ATTN[p.flash_attn]

@@ -1,0 +1,343 @@
+"""Memory planner: what a model, a context and a slot count will cost, and defaults that fit.
+
+Everything is computed from the GGUF header (layers, KV heads, head sizes, sliding window)
+and the machine (RAM; VRAM where a GPU backend exists), following how llama.cpp allocates:
+
+- weights: the file, memory-mapped;
+- KV cache, per sequence slot (one KV stream per slot): global-attention layers hold
+  ``pad256(ctx)`` cells; with interleaved SWA (``swa_full=False``) the sliding-window layers
+  hold only ``pad256(min(ctx, n_swa + n_ubatch))`` cells, otherwise ``pad256(ctx)`` like the rest;
+  bytes per cell per layer = n_kv_heads × (k_dim × bytes(type_k) + v_dim × bytes(type_v));
+- compute buffer: activations for one micro-batch plus the f16 attention mask over the cache
+  (and, without flash attention, the f32 attention scores of one layer);
+- output buffer: one row of logits per slot (the engine never asks for more).
+
+The estimate is checked against what llama.cpp reports allocating, in tests/test_planner.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from gemma_local.engine.gguf_reader import ArrayInfo, read_gguf_metadata
+
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
+# Gemma 3: five sliding-window layers, then one global layer (llama.cpp "swa pattern 6").
+GEMMA3_SWA_PATTERN = 6
+HEADROOM = 0.85  # never plan to use more than this share of the memory that is free
+DEFAULT_TARGET_CTX = 32768
+CTX_CANDIDATES = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
+
+
+def pad256(n: int) -> int:
+    return (n + 255) // 256 * 256
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The numbers of a model that memory depends on."""
+
+    name: str
+    architecture: str
+    weights_bytes: int
+    n_layer: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    head_dim_k: int
+    head_dim_v: int
+    n_swa: int
+    swa_pattern: int
+    n_ctx_train: int
+    n_vocab: int
+    file_type: str = ""
+
+    @property
+    def n_swa_layers(self) -> int:
+        if not self.n_swa or not self.swa_pattern:
+            return 0
+        return sum(1 for il in range(self.n_layer) if il % self.swa_pattern < self.swa_pattern - 1)
+
+    @property
+    def n_global_layers(self) -> int:
+        return self.n_layer - self.n_swa_layers
+
+    @classmethod
+    def from_gguf(cls, path: str | Path) -> ModelShape:
+        path = Path(path)
+        return cls.from_metadata(read_gguf_metadata(path), weights_bytes=path.stat().st_size)
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, Any], *, weights_bytes: int) -> ModelShape:
+        arch = str(meta.get("general.architecture", "gemma3"))
+
+        def get(key: str, default: Any = None) -> Any:
+            value = meta.get(f"{arch}.{key}", default)
+            return value[0] if isinstance(value, list) and value else value
+
+        n_embd = int(get("embedding_length"))
+        n_head = int(get("attention.head_count"))
+        head_k = int(get("attention.key_length", n_embd // n_head))
+        tokens = meta.get("tokenizer.ggml.tokens")
+        n_vocab = tokens.length if isinstance(tokens, ArrayInfo) else len(tokens or []) or 262144
+        return cls(
+            name=str(meta.get("general.name", "")),
+            architecture=arch,
+            weights_bytes=weights_bytes,
+            n_layer=int(get("block_count")),
+            n_embd=n_embd,
+            n_ff=int(get("feed_forward_length", 4 * n_embd)),
+            n_head=n_head,
+            n_head_kv=int(get("attention.head_count_kv", n_head)),
+            head_dim_k=head_k,
+            head_dim_v=int(get("attention.value_length", head_k)),
+            n_swa=int(get("attention.sliding_window", 0) or 0),
+            swa_pattern=GEMMA3_SWA_PATTERN if arch == "gemma3" else 0,
+            n_ctx_train=int(get("context_length", 8192)),
+            n_vocab=int(n_vocab),
+            file_type=str(meta.get("general.file_type", "")),
+        )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes one configuration needs."""
+
+    ctx: int
+    parallel: int
+    kv_type: str
+    swa_full: bool
+    flash_attn: bool
+    weights: int
+    kv_global: int
+    kv_swa: int
+    compute: int
+    output: int
+
+    @property
+    def kv(self) -> int:
+        return self.kv_global + self.kv_swa
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv + self.compute + self.output
+
+
+def estimate(
+    shape: ModelShape,
+    *,
+    ctx: int,
+    parallel: int = 1,
+    kv_type: str = "f16",
+    swa_full: bool = False,
+    flash_attn: bool = True,
+    n_ubatch: int = 512,
+) -> MemoryEstimate:
+    """Memory for ``parallel`` slots of ``ctx`` tokens each."""
+    n_ctx = pad256(ctx)
+    per_cell_layer = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES[kv_type]
+    swa_cells = pad256(min(n_ctx, shape.n_swa + n_ubatch))
+    if swa_full or not shape.n_swa_layers:
+        global_layers, swa_layers = shape.n_layer, 0
+    else:
+        global_layers, swa_layers = shape.n_global_layers, shape.n_swa_layers
+    kv_global = int(per_cell_layer * n_ctx * global_layers) * parallel
+    kv_swa = int(per_cell_layer * swa_cells * swa_layers) * parallel
+    # Activations of one micro-batch (f32): residual stream, norms and attention projections
+    # (~7 × n_embd) and the FFN's gate/up (2 × n_ff); calibrated on llama.cpp's own report.
+    activations = n_ubatch * 4 * (7 * shape.n_embd + 2 * shape.n_ff)
+    # f16 attention masks: one over the global cache and, with SWA layers, one over theirs.
+    mask = n_ubatch * 2 * n_ctx
+    if shape.n_swa_layers:
+        mask += n_ubatch * 2 * (n_ctx if swa_full else swa_cells)
+    scores = 0 if flash_attn else n_ubatch * n_ctx * shape.n_head * 4
+    output = shape.n_vocab * 4 * parallel
+    return MemoryEstimate(
+        ctx=ctx,
+        parallel=parallel,
+        kv_type=kv_type,
+        swa_full=swa_full,
+        flash_attn=flash_attn,
+        weights=shape.weights_bytes,
+        kv_global=kv_global,
+        kv_swa=kv_swa,
+        compute=activations + mask + scores + shape.n_vocab * 4,
+        output=output,
+    )
+
+
+@dataclass(frozen=True)
+class MachineMemory:
+    total_ram: int
+    available_ram: int
+    gpu_backend: bool
+    vram_total: int | None = None
+    vram_free: int | None = None
+
+    @classmethod
+    def detect(cls) -> MachineMemory:
+        vm = psutil.virtual_memory()
+        gpu = _gpu_offload_supported()
+        total, free = _nvidia_vram() if gpu else (None, None)
+        return cls(total_ram=vm.total, available_ram=vm.available, gpu_backend=gpu, vram_total=total, vram_free=free)
+
+
+def _gpu_offload_supported() -> bool:
+    try:
+        import llama_cpp
+
+        return bool(llama_cpp.llama_supports_gpu_offload())
+    except Exception:  # planning must work without a loadable llama.cpp (e.g. `info` on a bare box)
+        return False
+
+
+def _nvidia_vram() -> tuple[int | None, int | None]:
+    if not shutil.which("nvidia-smi"):
+        return None, None
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.split("\n")[0]
+        total, free = (int(x.strip()) * MIB for x in out.split(","))
+        return total, free
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None, None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Defaults chosen to fit, and why."""
+
+    ctx: int
+    parallel: int
+    kv_type: str
+    gpu_layers: int
+    estimate: MemoryEstimate
+    budget: int
+    fits: bool
+    reasons: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["estimate"]["total"] = self.estimate.total
+        d["estimate"]["kv"] = self.estimate.kv
+        return d
+
+
+def plan(
+    shape: ModelShape,
+    machine: MachineMemory,
+    *,
+    ctx: int | None = None,
+    parallel: int | None = None,
+    kv_type: str | None = None,
+    swa_full: bool = False,
+    flash_attn: bool = True,
+    n_ubatch: int = 512,
+) -> Plan:
+    """Choose context, slots, KV type and GPU layers that fit, keeping anything the user fixed."""
+    reasons: list[str] = []
+    budget = int(machine.available_ram * HEADROOM)
+    kv_types = [kv_type] if kv_type else (["f16", "q8_0"] if flash_attn else ["f16"])
+    parallels = [parallel] if parallel else [4, 2, 1]
+    target = min(shape.n_ctx_train, DEFAULT_TARGET_CTX)
+    ctxs = [ctx] if ctx else [c for c in CTX_CANDIDATES if c <= target] or [min(shape.n_ctx_train, 2048)]
+
+    vram = (machine.vram_free or machine.vram_total) if machine.gpu_backend else None
+
+    def fits(e: MemoryEstimate) -> bool:
+        if vram is not None:
+            # The KV cache and compute buffers of offloaded layers live on the GPU: keep them
+            # to half of it so the other half can hold weights.
+            return e.kv + e.compute <= vram * 0.5 and e.total <= budget + vram * 0.9
+        return e.total <= budget
+
+    chosen: MemoryEstimate | None = None
+    for p in parallels:
+        for c in ctxs:
+            for kt in kv_types:
+                e = estimate(
+                    shape, ctx=c, parallel=p, kv_type=kt, swa_full=swa_full, flash_attn=flash_attn, n_ubatch=n_ubatch
+                )
+                if fits(e):
+                    chosen = e
+                    break
+            if chosen:
+                break
+        if chosen:
+            break
+    ok = chosen is not None
+    if chosen is None:
+        chosen = estimate(
+            shape,
+            ctx=ctxs[-1],
+            parallel=parallels[-1],
+            kv_type=kv_types[-1],
+            swa_full=swa_full,
+            flash_attn=flash_attn,
+            n_ubatch=n_ubatch,
+        )
+        reasons.append(
+            f"Even {chosen.ctx} tokens × {chosen.parallel} slot(s) needs {chosen.total / GIB:.1f} GiB but only "
+            f"{budget / GIB:.1f} GiB is free to use: pick a smaller quantization or context."
+        )
+    else:
+        reasons.append(
+            f"{chosen.parallel} slot(s) × {chosen.ctx} tokens with a {chosen.kv_type} KV cache need "
+            f"{chosen.total / GIB:.2f} GiB of the {budget / GIB:.1f} GiB usable ({HEADROOM:.0%} of free RAM)."
+        )
+        if not ctx and chosen.ctx < target:
+            reasons.append(f"Context reduced from {target} to {chosen.ctx} tokens to fit.")
+        if not kv_type and chosen.kv_type != "f16":
+            reasons.append("KV cache quantized to q8_0 to fit.")
+    gpu_layers = 0
+    if machine.gpu_backend:
+        if vram is None:  # Metal: unified memory, offload everything
+            gpu_layers = shape.n_layer + 1
+        else:
+            usable = vram * 0.9 - chosen.kv - chosen.compute
+            per_layer = shape.weights_bytes / (shape.n_layer + 1)
+            gpu_layers = max(0, min(shape.n_layer + 1, int(usable // per_layer)))
+            reasons.append(f"{gpu_layers} of {shape.n_layer + 1} layers fit in {vram / GIB:.1f} GiB of VRAM.")
+    return Plan(
+        ctx=chosen.ctx,
+        parallel=chosen.parallel,
+        kv_type=chosen.kv_type,
+        gpu_layers=gpu_layers,
+        estimate=chosen,
+        budget=budget,
+        fits=ok,
+        reasons=reasons,
+    )
+
+
+# Published shapes of the Gemma 3 family, for `gemma-local info` to show what a model you
+# have not downloaded yet would cost (weights of the QAT Q4_0 files; gemma3.md).
+GEMMA3_27B = ModelShape(
+    name="Gemma 3 27B (QAT Q4_0)",
+    architecture="gemma3",
+    weights_bytes=15_908_791_488,
+    n_layer=62,
+    n_embd=5376,
+    n_ff=21504,
+    n_head=32,
+    n_head_kv=16,
+    head_dim_k=128,
+    head_dim_v=128,
+    n_swa=1024,
+    swa_pattern=6,
+    n_ctx_train=131072,
+    n_vocab=262208,
+)
