@@ -20,14 +20,9 @@ def run_ours(engine: Engine, n_tokens: int) -> tuple[float, float]:
     request = GenerationRequest(
         prompt=PROMPT, sampling=SamplingParams(temperature=0.0), max_tokens=n_tokens, logprobs=None
     )
-    engine.model  # noqa: B018 - keep the reference explicit
-    final = [e for e in engine.submit(request) if isinstance(e, Finished)][0]
-    # The cache keeps this prompt between rounds; clear it so every round prefills cold.
-    for slot in engine._scheduler.slots:  # benchmark-only peek, never done in product code
-        slot.cached = []
-    import llama_cpp
-
-    llama_cpp.llama_memory_clear(engine.model.memory, True)
+    final = next(e for e in engine.submit(request) if isinstance(e, Finished))
+    # The prefix cache keeps this prompt between rounds; clear it so every round prefills cold.
+    engine.clear_prefix_cache()
     u, t = final.usage, final.timings
     gen_tokens = u.completion_tokens - 1  # the first token comes out of the prompt pass
     return u.prompt_tokens / t.prompt_s, gen_tokens / max(t.generation_s, 1e-9)
@@ -59,7 +54,13 @@ def main() -> None:
 
     path = model_path()
     llm = Llama(
-        str(path), n_ctx=2048, n_threads=THREADS, n_threads_batch=THREADS, flash_attn=True, swa_full=False, verbose=False
+        str(path),
+        n_ctx=2048,
+        n_threads=THREADS,
+        n_threads_batch=THREADS,
+        flash_attn=True,
+        swa_full=False,
+        verbose=False,
     )
     engine = Engine(path, ContextParams(n_ctx_per_seq=2048, n_seq=1, n_threads=THREADS, flash_attn="on"))
     ours_pp, ours_tg, plain_pp, plain_tg = [], [], [], []

@@ -122,6 +122,10 @@ class Engine:
         """Submit and wait for the whole answer."""
         return self.submit(request).result()
 
+    def clear_prefix_cache(self) -> None:
+        """Forget the KV kept for prefix reuse (benchmarks use it to measure cold prompts)."""
+        self._scheduler.clear_prefix_cache()
+
     def stats(self) -> SchedulerStats:
         return self._scheduler.stats()
 

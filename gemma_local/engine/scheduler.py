@@ -37,6 +37,10 @@ from gemma_local.errors import EngineClosedError, GenerationError, ServerBusyErr
 
 logger = logging.getLogger("gemma_local.engine")
 
+#: A busy slot's KV is copied for a new request only when it saves at least this many tokens
+#: of prompt processing over the best free slot (a copy moves a whole KV stream).
+MIN_PREFIX_COPY = 256
+
 
 @dataclass(eq=False)
 class Job:
@@ -99,6 +103,7 @@ class Scheduler:
         self._active: list[Job] = []
         self._cond = threading.Condition()
         self._closing = False
+        self._clear_requests: list[threading.Event] = []
         self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="gemma-local-scheduler", daemon=True)
@@ -141,6 +146,14 @@ class Scheduler:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
 
+    def clear_prefix_cache(self, timeout: float = 30.0) -> bool:
+        """Drop the KV that idle slots keep for reuse (the next prompts are computed cold)."""
+        done = threading.Event()
+        with self._cond:
+            self._clear_requests.append(done)
+            self._cond.notify()
+        return done.wait(timeout)
+
     def _wake(self) -> None:
         with self._cond:
             self._cond.notify()
@@ -150,11 +163,16 @@ class Scheduler:
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._closing and not self._active and not self._pending:
+                while not self._closing and not self._active and not self._pending and not self._clear_requests:
                     self._cond.wait()
                 if self._closing:
                     break
+                clear_requests, self._clear_requests = self._clear_requests, []
                 admitted = self._admit_locked()
+            if clear_requests:
+                self._clear_idle_slots()
+                for done in clear_requests:
+                    done.set()
             for job in admitted:
                 self._start(job)
             self._reap_cancelled()
@@ -192,9 +210,29 @@ class Scheduler:
         job.cached_tokens = n_keep
 
     def _choose_slot(self, prompt: list[int]) -> Slot:
+        """The free slot to run ``prompt`` in, with the most reusable KV already in it.
+
+        Free slots keep the KV of their last request, so they double as the prefix cache; the
+        one chosen for a prompt that matches nothing is the least recently used (LRU eviction).
+        When a *busy* slot shares a much longer prefix (many chats on one system prompt), its
+        whole KV stream is copied into the free slot and trimmed, instead of recomputing.
+        """
         free = [s for s in self.slots if s.job is None]
-        # Longest shared prefix first; among equals, the least recently used slot.
-        return max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+        best = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
+        best_len = common_prefix_len(best.cached, prompt)
+        busy = [s for s in self.slots if s.job is not None]
+        if busy:
+            donor = max(busy, key=lambda s: common_prefix_len(s.cached, prompt))
+            if common_prefix_len(donor.cached, prompt) >= best_len + MIN_PREFIX_COPY:
+                target = min(free, key=lambda s: (common_prefix_len(s.cached, prompt), s.last_used))
+                mem = self.model.memory
+                llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
+                # Across KV streams llama.cpp copies whole buffers (at the next decode); the
+                # tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
+                llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, -1, -1)
+                target.cached = list(donor.cached)
+                return target
+        return best
 
     def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> int:
         """Trim the slot's KV to the prefix it shares with ``prompt``; return its length."""
@@ -214,6 +252,12 @@ class Scheduler:
             llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
         slot.cached = slot.cached[:n_keep]
         return n_keep
+
+    def _clear_idle_slots(self) -> None:
+        for slot in self.slots:
+            if slot.job is None:
+                llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq_id, -1, -1)
+                slot.cached = []
 
     def _reap_cancelled(self) -> None:
         for job in [j for j in self._active if j.stream.cancel_requested]:
