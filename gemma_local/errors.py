@@ -125,3 +125,79 @@ class GenerationError(GemmaLocalError):
     """llama.cpp failed while generating for this request (the engine itself keeps running)."""
 
     code = "generation_failed"
+
+
+# --- search ------------------------------------------------------------------------------
+
+
+class SearchError(GemmaLocalError):
+    """Root of the search hook's errors (``gemma_local.search``)."""
+
+    code = "search_error"
+
+
+class SearchConfigError(SearchError, ValueError):
+    """The search configuration names an unknown provider or one that is not set up."""
+
+    code = "search_config"
+
+    def __init__(self, message: str, *, provider: str | None = None) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class ProviderNotConfiguredError(SearchConfigError):
+    """An online provider has no key or URL; the default chain skips it silently."""
+
+    code = "search_provider_not_configured"
+
+
+class SearchProviderError(SearchError):
+    """One provider failed to answer a query (the chain falls through to the next)."""
+
+    code = "search_provider_failed"
+
+    def __init__(self, message: str, *, provider: str) -> None:
+        super().__init__(message)
+        self.provider = provider
+
+
+class ProviderUnavailableError(SearchProviderError):
+    """A provider cannot run here: nothing indexed, no archive registered, no dependency."""
+
+    code = "search_provider_unavailable"
+
+
+class MissingDependencyError(ProviderUnavailableError, ImportError):
+    """An optional package from the ``search`` extra is not installed."""
+
+    code = "missing_dependency"
+
+    def __init__(self, package: str, *, provider: str, extra: str = "search") -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"The {provider} search provider needs the `{package}` package, which is not installed. "
+            f"Install it with `pip install 'gemma-local[{extra}]'`.",
+            provider=provider,
+        )
+
+
+class IndexPathError(SearchError, FileNotFoundError):
+    """A path given to ``gemma-local index`` does not exist or is not in the index."""
+
+    code = "index_path"
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class ZimArchiveError(SearchError):
+    """A ZIM file cannot be opened (missing, truncated, not a ZIM archive)."""
+
+    code = "zim_archive"
+
+    def __init__(self, message: str, *, path: str) -> None:
+        super().__init__(message)
+        self.path = path

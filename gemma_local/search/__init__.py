@@ -1,0 +1,53 @@
+"""Retrieval for the search hook (``web_search_linkup``): providers, the chain, the hook.
+
+Layout::
+
+    types.py      Source, SearchProvider (the Protocol), ProviderAttempt, SearchOutcome
+    settings.py   SearchSettings (GEMMA_LOCAL_SEARCH_PROVIDERS, LINKUP_API_KEY, …)
+    registry.py   ProviderSpec, register_provider (built-ins and plugins alike)
+    chain.py      ProviderChain (in order, per-provider timeout, first hit wins), default_chain
+    hook.py       run_search, build_sources_prompt, format_footer, citation_spans (pure)
+    text.py       HTML to text, query keywords, passages
+    extract.py    documents (Markdown, text, HTML, PDF) to text for the local index
+    providers/    local (SQLite FTS5), zim (libzim), linkup (linkup-sdk), searxng (HTTP JSON)
+
+Nothing here imports the engine or the server; the request pipeline calls the hook (see
+``gemma_local.search.hook`` for the sequence), the CLI manages the index
+(``gemma-local index``).
+"""
+
+from __future__ import annotations
+
+from gemma_local.search.chain import ProviderChain, default_chain
+from gemma_local.search.hook import (
+    Citation,
+    arun_search,
+    build_sources_prompt,
+    citation_spans,
+    format_footer,
+    run_search,
+    sources_budget,
+)
+from gemma_local.search.registry import ProviderSpec, register_provider, registered_providers
+from gemma_local.search.settings import SearchSettings
+from gemma_local.search.types import ProviderAttempt, SearchOutcome, SearchProvider, Source
+
+__all__ = [
+    "Citation",
+    "ProviderAttempt",
+    "ProviderChain",
+    "ProviderSpec",
+    "SearchOutcome",
+    "SearchProvider",
+    "SearchSettings",
+    "Source",
+    "arun_search",
+    "build_sources_prompt",
+    "citation_spans",
+    "default_chain",
+    "format_footer",
+    "register_provider",
+    "registered_providers",
+    "run_search",
+    "sources_budget",
+]
