@@ -134,3 +134,25 @@ def test_zim_archives_through_the_cli(tmp_path: Path) -> None:
     )
     assert run("rm", str(zim)).output == f"Removed ZIM archive {zim}.\n"
     assert run("list").output.startswith("Nothing indexed yet.")
+
+
+def test_search_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import click
+
+    from gemma_local.commands.search_options import search_options, search_settings
+    from gemma_local.search import default_chain
+
+    @click.command()
+    @search_options
+    def cmd(**flags: object) -> None:
+        chain = default_chain(search_settings(**flags))
+        click.echo(f"{','.join(chain.names)} {chain.timeout_s}")
+
+    monkeypatch.setenv("GEMMA_LOCAL_SEARCH_TIMEOUT", "2.5")
+    runner = CliRunner()
+    assert runner.invoke(cmd, []).output == "local,zim 2.5\n"
+    assert runner.invoke(cmd, ["--search-timeout", "1"]).output == "local,zim 1.0\n"
+    assert runner.invoke(cmd, ["--searxng-url", "http://127.0.0.1:9"]).output == "searxng,local,zim 2.5\n"
+    assert runner.invoke(cmd, ["--search-providers", "zim"]).output == "zim 2.5\n"
+    bad = runner.invoke(cmd, ["--search-timeout", "0"])
+    assert bad.exit_code == 2 and "0.1<=x<=120" in bad.output

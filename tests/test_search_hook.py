@@ -270,11 +270,34 @@ def test_arun_search_runs_off_the_event_loop() -> None:
     assert asyncio.run(main()) == ("p", 1)
 
 
+def test_failed_providers_are_skipped_for_a_while_then_retried() -> None:
+    flaky = Scripted("web", SearchProviderError("offline", provider="web"))
+    local = Scripted("local", [src(1)])
+    chain = ProviderChain([flaky, local], retry_after_s=0.3)
+    assert [a.status for a in run_search("q", chain).attempts] == ["error", "ok"]
+    assert [a.status for a in run_search("q", chain).attempts] == ["skipped", "ok"]
+    assert len(flaky.queries) == 1
+    time.sleep(0.35)
+    flaky.result = [src(2)]
+    outcome = run_search("q", chain)
+    assert (outcome.provider, [a.status for a in outcome.attempts]) == ("web", ["ok"])
+    assert [a.status for a in run_search("q", chain).attempts] == ["ok"]  # success cleared it
+    # Empty and unavailable are answers, not failures: never skipped.
+    quiet = ProviderChain([Scripted("empty", []), local])
+    run_search("q", quiet)
+    assert [a.status for a in run_search("q", quiet).attempts] == ["empty", "ok"]
+    never = ProviderChain([Scripted("web", TimeoutError()), local], timeout_s=1.0, retry_after_s=0)
+    run_search("q", never)
+    assert [a.status for a in run_search("q", never).attempts] == ["timeout", "ok"]
+
+
 def test_chain_rejects_bad_limits() -> None:
     with pytest.raises(ValueError):
         ProviderChain([], timeout_s=0)
     with pytest.raises(ValueError):
         ProviderChain([], max_results=0)
+    with pytest.raises(ValueError):
+        ProviderChain([], retry_after_s=-1)
 
 
 # --- the registry ---------------------------------------------------------------------------

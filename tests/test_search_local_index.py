@@ -138,6 +138,14 @@ def test_incremental_update_skips_unchanged_rereads_changed_drops_deleted(index:
     [report] = index.update()
     assert (report.removed, report.unchanged) == (1, 3)
 
+    # A root that vanished (an unmounted drive) keeps its documents until removed on purpose.
+    notes.rename(notes.with_name("elsewhere"))
+    [report] = index.update()
+    assert (report.removed, report.unchanged) == (0, 3)
+    assert report.skipped == [(str(notes), "missing on disk; its documents are kept (`index rm` drops them)")]
+    assert titles(index.search("ferry")) == ["Lisbon trip"]
+    assert index.remove(notes) == 3
+
 
 def test_unicode_diacritics_cyrillic_greek_and_cjk(index: LocalIndex, tmp_path: Path) -> None:
     docs = tmp_path / "intl"

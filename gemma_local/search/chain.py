@@ -6,6 +6,10 @@ provider that raises, times out, is unavailable or finds nothing is recorded as 
 :class:`ProviderAttempt` and the next one is asked. The first provider that returns sources
 answers the query. :meth:`ProviderChain.search` never raises for provider trouble.
 
+A provider that failed or timed out is skipped for ``retry_after_s`` (status ``skipped``):
+on a laptop that went offline with ``LINKUP_API_KEY`` set, only the first request waits for
+Linkup; the next ones go straight to the offline providers until it is tried again.
+
 :func:`default_chain` builds the chain from settings: with no ``GEMMA_LOCAL_SEARCH_PROVIDERS``
 it is the online providers that are configured (Linkup with ``LINKUP_API_KEY``, SearXNG with
 ``GEMMA_LOCAL_SEARXNG_URL``), then ``local`` and ``zim``; with it, exactly the providers
@@ -45,16 +49,29 @@ class ProviderChain:
         providers: The providers, in the order to ask them.
         timeout_s: Seconds each provider may take.
         max_results: Sources asked of each provider.
+        retry_after_s: Seconds a provider that failed or timed out is skipped (0: never).
     """
 
-    def __init__(self, providers: Sequence[SearchProvider], *, timeout_s: float = 6.0, max_results: int = 5) -> None:
+    def __init__(
+        self,
+        providers: Sequence[SearchProvider],
+        *,
+        timeout_s: float = 6.0,
+        max_results: int = 5,
+        retry_after_s: float = 30.0,
+    ) -> None:
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         if max_results < 1:
             raise ValueError("max_results must be at least 1")
+        if retry_after_s < 0:
+            raise ValueError("retry_after_s must not be negative")
         self.providers = tuple(providers)
         self.timeout_s = timeout_s
         self.max_results = max_results
+        self.retry_after_s = retry_after_s
+        self._failed_at: dict[int, float] = {}  # provider position -> monotonic time of failure
+        self._lock = threading.Lock()
 
     @property
     def names(self) -> list[str]:
@@ -78,14 +95,34 @@ class ProviderChain:
         if not self.providers:
             return SearchOutcome(query=text, note="No search provider is configured.")
         attempts: list[ProviderAttempt] = []
-        for provider in self.providers:
+        for position, provider in enumerate(self.providers):
+            skipped = self._skipped(position, provider.name)
+            if skipped is not None:
+                attempts.append(skipped)
+                continue
             attempt, sources = self._ask(provider, text)
             attempts.append(attempt)
+            with self._lock:
+                if attempt.status in ("error", "timeout"):
+                    self._failed_at[position] = time.monotonic()
+                else:
+                    self._failed_at.pop(position, None)
             if sources:
                 return SearchOutcome(
                     query=text, sources=tuple(sources), provider=provider.name, attempts=tuple(attempts)
                 )
         return SearchOutcome(query=text, attempts=tuple(attempts), note=_note(attempts))
+
+    def _skipped(self, position: int, name: str) -> ProviderAttempt | None:
+        with self._lock:
+            failed_at = self._failed_at.get(position)
+        if failed_at is None:
+            return None
+        ago = time.monotonic() - failed_at
+        if ago >= self.retry_after_s:
+            return None
+        detail = f"failed {ago:.0f}s ago; tried again after {self.retry_after_s:g}s"
+        return ProviderAttempt(name, "skipped", 0, 0.0, detail)
 
     def _ask(self, provider: SearchProvider, query: str) -> tuple[ProviderAttempt, list[Source]]:
         name = provider.name
@@ -145,7 +182,12 @@ def default_chain(settings: SearchSettings | None = None) -> ProviderChain:
                     provider=name,
                 )
             providers.append(spec.factory(settings))
-    return ProviderChain(providers, timeout_s=settings.search_timeout, max_results=settings.search_max_results)
+    return ProviderChain(
+        providers,
+        timeout_s=settings.search_timeout,
+        max_results=settings.search_max_results,
+        retry_after_s=settings.search_retry_after,
+    )
 
 
 def normalize_query(query: str) -> str:
@@ -199,7 +241,9 @@ def _timeout_detail(e: TimeoutError, timeout: float) -> str:
 
 def _note(attempts: Sequence[ProviderAttempt]) -> str:
     ran = [a.provider for a in attempts if a.status == "empty"]
-    failed = [f"{a.provider} ({a.status}: {_bare(a.detail)})" for a in attempts if a.status in ("error", "timeout")]
+    failed = [
+        f"{a.provider} ({a.status}: {_bare(a.detail)})" for a in attempts if a.status in ("error", "timeout", "skipped")
+    ]
     unavailable = [f"{a.provider} ({_bare(a.detail)})" for a in attempts if a.status == "unavailable"]
     if ran:
         note = f"No sources found for this query (searched: {', '.join(ran)})."

@@ -26,6 +26,9 @@ class SearchSettings(BaseSettings):
     )
     search_timeout: float = Field(6.0, gt=0, le=120, description="Seconds each provider may take.")
     search_max_results: int = Field(5, ge=1, le=20, description="Sources asked of a provider.")
+    search_retry_after: float = Field(
+        30.0, ge=0, le=3600, description="Seconds a provider that failed or timed out is skipped."
+    )
     searxng_url: str | None = Field(None, description="Root URL of a SearXNG instance with the JSON API on.")
     linkup_api_key: SecretStr | None = Field(
         None,

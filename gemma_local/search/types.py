@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 from urllib.parse import unquote, urlparse
 
-AttemptStatus = Literal["ok", "empty", "timeout", "error", "unavailable"]
+AttemptStatus = Literal["ok", "empty", "timeout", "error", "unavailable", "skipped"]
 
 
 @dataclass(frozen=True, slots=True)

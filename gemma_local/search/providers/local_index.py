@@ -186,6 +186,16 @@ class LocalIndex:
         with self._connect() as conn:
             return int(conn.execute("SELECT count(*) FROM docs").fetchone()[0])
 
+    def has_documents(self) -> bool:
+        """Whether anything is indexed (cheaper than counting)."""
+        if not self.path.exists():
+            return False
+        with self._connect() as conn:
+            try:
+                return conn.execute("SELECT EXISTS (SELECT 1 FROM docs)").fetchone()[0] == 1
+            except sqlite3.OperationalError:  # a file without our tables
+                return False
+
     def search(self, query: str, *, limit: int = 5, timeout: float | None = None) -> list[Source]:
         """Best passages for ``query``, one per document, best first (BM25).
 
@@ -287,6 +297,12 @@ class LocalIndex:
                 "SELECT id, path, mtime_ns, size FROM docs WHERE root = ?", (str(root),)
             )
         }
+        if not root.exists():
+            # An unmounted drive or a renamed folder: dropping its documents would be a surprise.
+            report.unchanged = len(known)
+            report.skipped.append((str(root), "missing on disk; its documents are kept (`index rm` drops them)"))
+            report.elapsed_s = time.monotonic() - started
+            return report
         seen: set[str] = set()
         pending = 0
         for path, st in _walk(root):
@@ -335,7 +351,7 @@ class LocalIndexProvider:
     def search(self, query: str, *, limit: int, timeout: float) -> list[Source]:
         """BM25 search of the user's documents (see :meth:`LocalIndex.search`)."""
         try:
-            if self.index.document_count() == 0:
+            if not self.index.has_documents():
                 raise ProviderUnavailableError(_EMPTY_INDEX_HINT, provider=self.name)
             return self.index.search(query, limit=limit, timeout=timeout)
         except sqlite3.Error as e:
