@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/python -m ruff check gemma_local tests bench
 
 bench: install
+	$(BIN)/python -m pip install -q -e '.[embedded,search,test,bench]'
 	$(BIN)/python bench/run_all.py
 
 clean:
