@@ -201,3 +201,169 @@ class ZimArchiveError(SearchError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+# --- hub ---------------------------------------------------------------------------------
+# The downloader and the model store (``gemma_local.hub``). Each error names the fix.
+
+
+class HubError(GemmaLocalError):
+    """Root of the downloader's and the model store's errors."""
+
+    code = "hub_error"
+
+
+class UnknownModelNameError(HubError, ValueError):
+    """``pull`` was given a name that is neither in the catalog nor an ``hf.co/ORG/REPO`` name."""
+
+    code = "unknown_model_name"
+
+    def __init__(self, name: str, known: list[str], *, hint: str | None = None) -> None:
+        self.name = name
+        self.known = known
+        super().__init__(
+            f"Unknown model {name!r}. "
+            + (
+                hint
+                or f"Known names: {', '.join(known)} (add ':QUANT', e.g. 'gemma-3-27b:q4_k_m'), "
+                "or any GGUF on the Hub as 'hf.co/ORG/REPO:QUANT_OR_FILE'."
+            )
+        )
+
+
+class RemoteNotFoundError(HubError, FileNotFoundError):
+    """The repo, revision or file does not exist on the Hub (or is private)."""
+
+    code = "remote_not_found"
+
+    def __init__(self, message: str, *, repo_id: str, revision: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.revision = revision
+        self.path = path
+
+
+class GatedRepoError(HubError, PermissionError):
+    """The repo needs its licence accepted and a token (Google's own Gemma repos)."""
+
+    code = "gated_repo"
+
+    def __init__(self, repo_id: str, *, has_token: bool, mirror: str | None = None) -> None:
+        self.repo_id = repo_id
+        self.has_token = has_token
+        self.mirror = mirror
+        token_step = (
+            "check that HF_TOKEN belongs to the account that accepted it"
+            if has_token
+            else "create a read token at https://huggingface.co/settings/tokens and set HF_TOKEN"
+        )
+        fix = f" Or pull the ungated mirror instead: `gemma-local pull {mirror}`." if mirror else ""
+        super().__init__(
+            f"{repo_id} is gated: accept the licence at https://huggingface.co/{repo_id} while logged in, "
+            f"then {token_step} (or run `hf auth login`).{fix}"
+        )
+
+
+class DownloadError(HubError, ConnectionError):
+    """The transfer failed after retries; what was fetched so far is kept for the next run."""
+
+    code = "download_failed"
+
+    def __init__(self, message: str, *, repo_id: str | None = None, path: str | None = None) -> None:
+        super().__init__(message)
+        self.repo_id = repo_id
+        self.path = path
+
+
+class OfflineError(DownloadError):
+    """``pull`` needs the Hub, but offline mode is on or the network is unreachable."""
+
+    code = "offline"
+
+    def __init__(self, endpoint: str, *, reason: str, repo_id: str | None = None) -> None:
+        self.endpoint = endpoint
+        self.reason = reason
+        super().__init__(
+            f"Cannot reach the Hugging Face Hub at {endpoint} ({reason}); `pull` needs the network. "
+            "Models already pulled keep working offline (`gemma-local models`).",
+            repo_id=repo_id,
+        )
+
+
+class ChecksumMismatchError(HubError, ValueError):
+    """A file's sha256 differs from the one the Hub (or the store) recorded."""
+
+    code = "checksum_mismatch"
+
+    def __init__(self, path: str, *, expected: str, actual: str, repo_id: str | None = None) -> None:
+        self.path = path
+        self.expected = expected
+        self.actual = actual
+        self.repo_id = repo_id
+        source = f" from {repo_id}" if repo_id else ""
+        super().__init__(
+            f"sha256 mismatch for {path}{source}: expected {expected}, got {actual}. The corrupt bytes "
+            "were deleted and nothing was registered; run the same command again to download it afresh."
+        )
+
+
+class InsufficientDiskError(HubError, OSError):
+    """Not enough free disk space for the files still to download (checked before the first byte)."""
+
+    code = "insufficient_disk"
+
+    def __init__(self, path: str, *, required: int, free: int) -> None:
+        self.path = path
+        self.required = required
+        self.free = free
+        super().__init__(
+            f"Not enough disk space in {path}: the download needs {required / 1e9:.2f} GB and only "
+            f"{free / 1e9:.2f} GB is free. Free some space (`gemma-local models rm NAME`), pick a smaller "
+            "quantization, or set GEMMA_LOCAL_HOME to a larger disk."
+        )
+
+
+class InsufficientMemoryError(HubError, MemoryError):
+    """No quantization of the requested model fits this machine's memory with room for a context."""
+
+    code = "insufficient_memory"
+
+    def __init__(self, name: str, *, required: int, available: int, smallest: str) -> None:
+        self.name = name
+        self.required = required
+        self.available = available
+        self.smallest = smallest
+        super().__init__(
+            f"No quantization of {name} fits this machine: the smallest ({smallest}) needs about "
+            f"{required / 2**30:.1f} GiB of memory with room for a context, and {available / 2**30:.1f} GiB "
+            f"is available. Pull a smaller model, or name the quantization to download it anyway "
+            f"(`gemma-local pull {smallest}`)."
+        )
+
+
+class StoreError(HubError):
+    """The local model store cannot do what was asked (name taken, file not a GGUF, registry unreadable)."""
+
+    code = "store_error"
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+
+# --- structured output -------------------------------------------------------------------
+
+
+class UnsupportedSchemaError(InvalidRequestError):
+    """A JSON Schema uses a keyword (or a combination) that grammar-constrained decoding cannot honour.
+
+    ``keyword`` is the offending JSON Schema keyword and ``path`` its JSON Pointer inside the
+    schema (``#/properties/when/format``), so the caller can fix exactly that spot.
+    """
+
+    code = "unsupported_schema"
+
+    def __init__(self, message: str, *, keyword: str, path: str = "#", param: str | None = None) -> None:
+        self.keyword = keyword
+        self.path = path
+        super().__init__(message, param=param)

@@ -16,9 +16,18 @@ class LocalModel:
     source: str  # "embedded" or "store"
     default: bool
     vision: bool = False
+    # Store entries only: where the files came from and when.
+    mmproj_path: str | None = None
+    repo: str | None = None
+    revision: str | None = None
+    quant: str | None = None
+    aliases: tuple[str, ...] = ()
+    pulled_at: str | None = None
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["aliases"] = list(self.aliases)
+        return data
 
 
 def local_models() -> list[LocalModel]:
@@ -47,6 +56,12 @@ def local_models() -> list[LocalModel]:
                 source="store",
                 default=False,
                 vision=entry.mmproj_path is not None,
+                mmproj_path=str(entry.mmproj_path) if entry.mmproj_path else None,
+                repo=entry.repo,
+                revision=entry.revision,
+                quant=entry.quant,
+                aliases=tuple(entry.aliases),
+                pulled_at=entry.pulled_at.isoformat(),
             )
         )
     return rows

@@ -8,6 +8,8 @@ from pathlib import Path
 from gemma_local.errors import ModelNotFoundError
 from gemma_local.hub import embedded
 
+_HUB_NAME_PREFIXES = ("hf.co/", "huggingface.co/", "https://huggingface.co/", "https://hf.co/")
+
 
 @dataclass(frozen=True)
 class ResolvedModel:
@@ -28,6 +30,12 @@ def resolve_model(name: str | None) -> ResolvedModel:
     """
     if name is None or name in (embedded.EMBEDDED_NAME, "embedded", "default"):
         return ResolvedModel(id=embedded.EMBEDDED_NAME, path=embedded.embedded_model_path(), embedded=True)
+    if name.lower().startswith(_HUB_NAME_PREFIXES):
+        # `hf.co/ORG/REPO:QUANT` contains slashes but names a pulled model, not a path.
+        found = _lookup_store(name)
+        if found is not None:
+            return found
+        raise ModelNotFoundError(f"{name!r} has not been pulled yet; download it with `gemma-local pull {name}`.")
     path = Path(name).expanduser()
     if path.suffix.lower() == ".gguf" or path.exists() or "/" in name or "\\" in name:
         if not path.exists():
@@ -50,4 +58,9 @@ def _lookup_store(name: str) -> ResolvedModel | None:
     entry = ModelStore().find(name)
     if entry is None:
         return None
+    if not entry.path.is_file():
+        raise ModelNotFoundError(
+            f"{entry.name} is registered but its file {entry.path} is missing. Run "
+            f"`gemma-local models rm {entry.name}` and pull or import it again."
+        )
     return ResolvedModel(id=entry.name, path=entry.path, mmproj=entry.mmproj_path)
