@@ -49,3 +49,89 @@ def engine(model_path: Path):
     )
     yield eng
     eng.close()
+
+
+# --- HTTP server fixtures (shared by the Chat Completions, Responses and Messages tests) ------
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 (a free port) running ``app`` on a background thread."""
+
+    def __init__(self, app) -> None:
+        import threading
+        import time
+
+        import uvicorn
+
+        self.app = app
+        # uvicorn skips signal handlers off the main thread; no access log (the app logs requests).
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def server_settings(**overrides):
+    """ServerSettings with explicit values, so no GEMMA_LOCAL_* env var of the machine leaks in."""
+    from gemma_local.settings import ServerSettings
+
+    values = {"api_key": None, "cors_origins": [], "max_output_tokens": 8192, "max_body_bytes": 32 * 1024 * 1024}
+    values.update(overrides)
+    return ServerSettings(**values)
+
+
+@pytest.fixture(scope="session")
+def live_server(engine):
+    """One real server (no API key) over the session's engine."""
+    from gemma_local.server import create_app
+
+    server = LiveServer(create_app(engine, server_settings()))
+    yield server
+    server.stop()
+
+
+TEST_API_KEY = "test-secret-key"
+
+
+@pytest.fixture(scope="session")
+def auth_server(engine):
+    """A second app on the same engine: API key required, 4 KiB body limit."""
+    from gemma_local.server import create_app
+
+    server = LiveServer(create_app(engine, server_settings(api_key=TEST_API_KEY, max_body_bytes=4096)))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def openai_client(live_server):
+    """The official OpenAI SDK against the live server, validating every response strictly."""
+    import openai
+
+    return openai.OpenAI(
+        base_url=f"{live_server.base_url}/v1",
+        api_key="unused",
+        _strict_response_validation=True,
+        max_retries=0,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def http(live_server):
+    """A plain httpx client for the live server (raw status codes, headers and SSE bytes)."""
+    import httpx
+
+    with httpx.Client(base_url=live_server.base_url, timeout=120) as client:
+        yield client

@@ -1,0 +1,128 @@
+"""``gemma-local serve``: the OpenAI- and Anthropic-compatible HTTP server."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket
+from typing import Any
+
+import click
+
+from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors
+from gemma_local.settings import ServerSettings
+
+logger = logging.getLogger("gemma_local.server")
+
+
+def best_local_model() -> str | None:
+    """The largest Gemma 3 model in the local store, or None for the embedded default."""
+    from gemma_local.hub.listing import local_models
+
+    store = [m for m in local_models() if m.source == "store" and m.path and m.size_bytes]
+    if not store:
+        return None
+    return max(store, key=lambda m: m.size_bytes or 0).name
+
+
+def is_loopback(host: str) -> bool:
+    """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def base_urls(host: str, port: int) -> tuple[str, str]:
+    """(OpenAI base_url, Anthropic base_url) for clients of a server bound to host:port."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # a wildcard bind is reachable locally on loopback
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    root = f"http://{host}:{port}"
+    return f"{root}/v1", root
+
+
+@click.command()
+@click.option("--host", default=None, help="Address to bind.  [default: 127.0.0.1]")
+@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (0: any free one).  [default: 8080]")
+@click.option(
+    "--api-key", envvar="GEMMA_LOCAL_API_KEY", help="Require this key (Bearer or x-api-key) [env: GEMMA_LOCAL_API_KEY]."
+)
+@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable).")
+@click.option("--max-output-tokens", type=click.IntRange(1, 131072), help="Cap on output tokens per answer. [8192]")
+@engine_options
+@friendly_errors
+def serve(
+    host: str | None,
+    port: int | None,
+    api_key: str | None,
+    cors_origins: tuple[str, ...],
+    max_output_tokens: int | None,
+    **engine_flags: Any,
+) -> None:
+    """Serve the model over HTTP as an OpenAI and Anthropic compatible API.
+
+    Point any SDK at it: OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=...) or
+    Anthropic(base_url="http://127.0.0.1:8080", api_key=...). The model loads in the background;
+    /health answers 503 until it is ready.
+    """
+    from gemma_local.cli_support import open_engine
+    from gemma_local.hub.resolve import resolve_model
+    from gemma_local.server import create_app
+
+    flags = {"host": host, "port": port, "api_key": api_key, "max_output_tokens": max_output_tokens}
+    if cors_origins:
+        flags["cors_origins"] = list(cors_origins)
+    settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+    if engine_flags.get("model") is None:
+        engine_flags["model"] = best_local_model()
+    eng_settings = engine_settings(**engine_flags)
+    resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
+    if not is_loopback(settings.host) and not settings.api_key:
+        click.secho(
+            f"WARNING: serving on {settings.host}, reachable from other machines, with NO API key: anyone who can "
+            "reach this port can use it. Set --api-key or GEMMA_LOCAL_API_KEY.",
+            fg="red",
+            bold=True,
+            err=True,
+        )
+    logger.setLevel(logging.INFO)  # one line per request
+    failures: list[BaseException] = []
+    server: Any = None
+
+    def stop(error: BaseException) -> None:
+        failures.append(error)
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop)
+    server = _announcing_server(app, settings.host, settings.port, resolved.id)
+    server.run()
+    if failures:
+        error = failures[0]
+        raise CliError(f"The model failed to load: {getattr(error, 'message', error)}") from error
+
+
+def _announcing_server(app: Any, host: str, port: int, model_id: str) -> Any:
+    """uvicorn's server, printing the base URLs once the socket is bound (port 0 included)."""
+    import uvicorn  # here, not at import: every CLI command imports this module
+
+    # Our middleware logs one line per request, so uvicorn's access log is off.
+    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+
+    class AnnouncingServer(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets)
+            if self.should_exit or not self.servers:
+                return
+            bound = self.servers[0].sockets[0].getsockname()[1]
+            openai_url, anthropic_url = base_urls(host, bound)
+            click.echo(f"gemma-local: serving {model_id} (loading; /health turns 200 when ready)", err=True)
+            click.echo(f"OpenAI base_url: {openai_url}")
+            click.echo(f"Anthropic base_url: {anthropic_url}")
+            click.echo(f"API docs: {anthropic_url}/docs", err=True)
+
+    return AnnouncingServer(config)

@@ -1,0 +1,143 @@
+"""ASGI middleware: the request body limit and the one-line-per-request log.
+
+Both are plain ASGI (not ``BaseHTTPMiddleware``) so streaming responses pass through untouched
+and a client disconnect still reaches the route.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gemma_local.server.errors import RequestTooLargeError, error_response
+from gemma_local.server.metrics import ServerMetrics
+
+logger = logging.getLogger("gemma_local.server")
+
+RECORD_KEY = "gemma_local_record"
+#: Paths polled by monitors: logged at DEBUG so they do not drown the request log.
+QUIET_PATHS = frozenset({"/health", "/metrics"})
+
+
+class BodyLimitMiddleware:
+    """Answer 413 to bodies over ``max_bytes``, whether sent with Content-Length or chunked.
+
+    A declared Content-Length over the limit is refused before reading anything. Otherwise the
+    body is read up to the limit and replayed to the app; routes need the whole body anyway.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _content_length(scope)
+        if declared is not None and declared > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            # After the body, the only message left is the client going away.
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(RequestTooLargeError(self.max_bytes), scope.get("path", ""))
+        response.headers["Connection"] = "close"  # the unread rest of the body makes the connection unusable
+        await response(scope, receive, send)
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope.get("headers", ()):
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass
+class RequestRecord:
+    """What one request did; the pipeline fills in the generation fields as they become known."""
+
+    request_id: str = "-"
+    model: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    time_to_first_token_s: float | None = None
+    tokens_per_s: float | None = None
+    finish: str | None = None
+
+    def line(self, method: str, path: str, status: int, elapsed_s: float) -> str:
+        ttft = f"{self.time_to_first_token_s:.3f}s" if self.time_to_first_token_s is not None else "-"
+        tps = f"{self.tokens_per_s:.1f}" if self.tokens_per_s is not None else "-"
+        return (
+            f"{self.request_id} {method} {path} status={status} in={self.prompt_tokens} "
+            f"out={self.completion_tokens} cached={self.cached_tokens} ttft={ttft} tok/s={tps} "
+            f"finish={self.finish or '-'} time={elapsed_s:.3f}s"
+        )
+
+
+class RequestLogMiddleware:
+    """Give each request a :class:`RequestRecord`; log it and count it when the response ends."""
+
+    def __init__(self, app: ASGIApp, metrics: ServerMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        record = RequestRecord()
+        scope.setdefault("state", {})[RECORD_KEY] = record
+        status = 500  # if the app dies before answering, Starlette sends a 500
+
+        async def send_and_watch(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                if record.request_id != "-":
+                    headers = [*message.get("headers", ()), (b"x-request-id", record.request_id.encode())]
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            path = scope.get("path", "")
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(endpoint, str(status)).inc()
+            level = logging.DEBUG if path in QUIET_PATHS else logging.INFO
+            logger.log(level, record.line(scope.get("method", "-"), path, status, time.perf_counter() - started))

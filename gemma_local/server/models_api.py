@@ -1,0 +1,47 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: the ids the loaded model answers to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from gemma_local.server.auth import require_api_key
+from gemma_local.server.pipeline import Pipeline
+from gemma_local.server.runtime import get_pipeline
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "gemma-local"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+def _created(pipeline: Pipeline) -> int:
+    try:
+        return int(Path(pipeline.info.path).stat().st_mtime)
+    except OSError:
+        return 0
+
+
+@router.get("/v1/models", response_model=ModelList, summary="List models")
+async def list_models(pipeline: Pipeline = Depends(get_pipeline)) -> ModelList:
+    """The loaded model under each id it answers to (its own id first)."""
+    created = _created(pipeline)
+    return ModelList(data=[Model(id=model_id, created=created) for model_id in pipeline.models.ids])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=Model, summary="Retrieve a model")
+async def get_model(model_id: str, pipeline: Pipeline = Depends(get_pipeline)) -> Model:
+    """One model id; 404 ``model_not_found`` when the loaded model does not answer to it."""
+    return Model(id=pipeline.check_model(model_id), created=_created(pipeline))

@@ -1,0 +1,246 @@
+"""``POST /v1/chat/completions``: OpenAI Chat Completions as a thin layer over the pipeline."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextPart
+from gemma_local.engine.types import ContentPart
+from gemma_local.engine.types import TokenLogprob as EngineLogprob
+from gemma_local.errors import GemmaLocalError
+from gemma_local.server.auth import require_api_key
+from gemma_local.server.errors import error_body
+from gemma_local.server.images import image_from_url
+from gemma_local.server.openai_chat_schemas import (
+    AssistantMessage,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatMessageParam,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    CompletionUsage,
+    ImageURLPart,
+    PromptTokensDetails,
+    RefusalPart,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+)
+from gemma_local.server.pipeline import (
+    ChoiceDelta,
+    Generation,
+    GenerationOutcome,
+    Pipeline,
+    PipelineRequest,
+    request_record,
+    until_disconnected,
+)
+from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.sse import sse_data, sse_response
+
+logger = logging.getLogger("gemma_local.server")
+
+ENDPOINT = "/v1/chat/completions"
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+
+
+@router.post(
+    ENDPOINT,
+    response_model=ChatCompletion,
+    summary="Create a chat completion",
+    responses={
+        200: {
+            "description": "A chat.completion object; with `stream: true`, server-sent events instead: "
+            "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        }
+    },
+)
+async def create_chat_completion(
+    body: ChatCompletionRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)
+) -> Any:
+    """Generate one or more answers to a conversation, whole or streamed."""
+    generation = await pipeline.start(await to_pipeline_request(body, pipeline), request_record(request))
+    if body.stream:
+        return sse_response(stream_chunks(generation, body))
+    outcome = await until_disconnected(request, generation.result())
+    return JSONResponse(to_chat_completion(outcome, logprobs=bool(body.logprobs)).model_dump(mode="json"))
+
+
+# --- request translation -------------------------------------------------------------------
+
+
+def split_stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    """A string is split on commas (as the hosted API does); empty sequences are dropped."""
+    if stop is None:
+        return ()
+    items = stop.split(",") if isinstance(stop, str) else stop
+    return tuple(s for s in items if s)
+
+
+def _render_tool_calls(calls: list[ToolCall]) -> str:
+    # Replayed calls go back to the model as the JSON it is asked to write for function calls.
+    blocks = []
+    for call in calls:
+        try:
+            arguments: Any = json.loads(call.function.arguments)
+        except ValueError:
+            arguments = call.function.arguments
+        payload = json.dumps({"name": call.function.name, "arguments": arguments}, ensure_ascii=False)
+        blocks.append(f"```tool_call\n{payload}\n```")
+    return "\n".join(blocks)
+
+
+async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) -> ChatMessage:
+    parts: list[ContentPart] = []
+    if isinstance(message.content, str):
+        parts.append(TextPart(message.content))
+    elif message.content is not None:
+        for j, part in enumerate(message.content):
+            if isinstance(part, ImageURLPart):
+                pipeline.require_vision()
+                parts.append(await image_from_url(part.image_url.url, param=f"messages[{index}].content[{j}]"))
+            elif isinstance(part, RefusalPart):
+                parts.append(TextPart(part.refusal))
+            else:
+                parts.append(TextPart(part.text))
+    if message.tool_calls:
+        parts.append(TextPart(_render_tool_calls(message.tool_calls)))
+    return ChatMessage(role=message.role, content=tuple(parts))
+
+
+def _sampling(body: ChatCompletionRequest) -> SamplingParams:
+    options: dict[str, Any] = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "frequency_penalty": body.frequency_penalty,
+        "presence_penalty": body.presence_penalty,
+        "top_k": body.top_k,
+        "min_p": body.min_p,
+        "repeat_penalty": body.repeat_penalty,
+        "seed": body.seed,
+        "logit_bias": {int(k): v for k, v in (body.logit_bias or {}).items()},
+    }
+    # Unset options keep SamplingParams' defaults, which are the hosted API's.
+    return SamplingParams(**{k: v for k, v in options.items() if v is not None})
+
+
+async def to_pipeline_request(body: ChatCompletionRequest, pipeline: Pipeline) -> PipelineRequest:
+    """Translate a Chat Completions request into the pipeline's common request."""
+    messages = tuple([await _message(m, i, pipeline) for i, m in enumerate(body.messages)])
+    generation = GenerationRequest(
+        messages=messages,
+        sampling=_sampling(body),
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        stop=split_stop(body.stop),
+        logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        continue_final_message=bool(body.continue_final_message),
+    )
+    return PipelineRequest(
+        endpoint=ENDPOINT,
+        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        model=body.model,
+        generation=generation,
+        n=body.n or 1,
+        web_search=bool(body.web_search_linkup),
+        disable_formatting=bool(body.disable_formatting),
+    )
+
+
+# --- response translation ------------------------------------------------------------------
+
+
+def _logprobs(items: tuple[EngineLogprob, ...]) -> ChoiceLogprobs:
+    return ChoiceLogprobs(
+        content=[
+            TokenLogprob(
+                token=lp.token,
+                logprob=lp.logprob,
+                bytes=list(lp.bytes),
+                top_logprobs=[TopLogprob(token=t, logprob=p, bytes=list(b)) for t, p, b in lp.top],
+            )
+            for lp in items
+        ]
+    )
+
+
+def _usage(outcome_usage: Any) -> CompletionUsage:
+    return CompletionUsage(
+        prompt_tokens=outcome_usage.prompt_tokens,
+        completion_tokens=outcome_usage.completion_tokens,
+        total_tokens=outcome_usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=outcome_usage.cached_tokens),
+    )
+
+
+def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCompletion:
+    """The ``chat.completion`` object for a finished generation."""
+    return ChatCompletion(
+        id=outcome.id,
+        created=outcome.created,
+        model=outcome.model,
+        choices=[
+            Choice(
+                index=c.index,
+                message=AssistantMessage(content=c.text),
+                finish_reason=c.finish_reason,
+                logprobs=_logprobs(c.logprobs) if logprobs else None,
+            )
+            for c in outcome.choices
+        ],
+        usage=_usage(outcome.usage),
+    )
+
+
+async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    """The SSE events of a streamed answer; an error after the first event becomes an error event."""
+    include_usage = bool(body.stream_options and body.stream_options.include_usage)
+    want_logprobs = bool(body.logprobs)
+
+    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> bytes:
+        payload = ChatCompletionChunk(
+            id=generation.id, created=generation.created, model=generation.model, choices=choices, usage=usage
+        )
+        data = payload.model_dump(mode="json")
+        if not include_usage:
+            del data["usage"]
+        return sse_data(data)
+
+    try:
+        # The role goes out once per choice: the SDK's helper concatenates repeated fields.
+        for i in range(generation.n):
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+        async for event in generation.events():
+            if isinstance(event, ChoiceDelta):
+                if not event.text and not (want_logprobs and event.logprobs):
+                    continue
+                yield chunk(
+                    [
+                        ChunkChoice(
+                            index=event.index,
+                            delta=ChunkDelta(content=event.text),
+                            logprobs=_logprobs(event.logprobs) if want_logprobs else None,
+                        )
+                    ]
+                )
+            else:
+                yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(), finish_reason=event.finish_reason)])
+        if include_usage:
+            yield chunk([], usage=_usage(generation.usage))
+        yield b"data: [DONE]\n\n"
+    except GemmaLocalError as e:
+        yield sse_data(error_body(e))
+    except Exception as e:  # a bug: still end the stream in a way the SDK reports
+        logger.exception("error while streaming %s", generation.id)
+        yield sse_data(error_body(e))

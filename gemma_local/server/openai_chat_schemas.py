@@ -1,0 +1,247 @@
+"""Request and response bodies of ``POST /v1/chat/completions`` (OpenAI's wire format).
+
+Requests ignore unknown keys (SDKs inject any key through ``extra_body``). Optional numbers
+accept ``null`` as "use the default". The defaults and ranges are the hosted Gemma 3 API's.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+
+# --- request ---------------------------------------------------------------------------------
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class TextPart(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(_Request):
+    url: str = Field(description="An https URL or a data:image/...;base64,... URL.")
+    detail: Literal["auto", "low", "high"] | None = None
+
+
+class ImageURLPart(_Request):
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+class RefusalPart(_Request):
+    type: Literal["refusal"]
+    refusal: str
+
+
+#: Which parts a role may send is checked by ``ChatMessageParam`` (images: user only).
+ContentPart = Annotated[TextPart | ImageURLPart | RefusalPart, Field(discriminator="type")]
+
+_UNSUPPORTED_PARTS = {"input_audio": "audio input", "file": "file inputs"}
+
+
+def _check_part_types(value: Any, allowed: tuple[str, ...]) -> Any:
+    """Name unsupported part types plainly instead of a generic union error."""
+    if isinstance(value, list):
+        for i, part in enumerate(value):
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in _UNSUPPORTED_PARTS:
+                raise ValueError(f"content[{i}]: {_UNSUPPORTED_PARTS[kind]} is not supported by Gemma 3")
+            if kind not in allowed:
+                raise ValueError(f"content[{i}]: unknown part type {kind!r}; use {' or '.join(allowed)}")
+    return value
+
+
+class FunctionCall(_Request):
+    name: str
+    arguments: str = Field(description="The arguments as a JSON string.")
+
+
+class ToolCall(_Request):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessageParam(_Request):
+    """One message. ``role`` decides which fields apply."""
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="Assistant messages: the calls it made.")
+    tool_call_id: str | None = Field(None, description="Tool messages: the call this answers.")
+    refusal: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _parts(cls, value: Any, info: ValidationInfo) -> Any:
+        role = info.data.get("role")
+        allowed = ("text", "refusal") if role == "assistant" else ("text", "image_url") if role == "user" else ("text",)
+        return _check_part_types(value, allowed)
+
+    @model_validator(mode="after")
+    def _by_role(self) -> ChatMessageParam:
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.refusal is not None)):
+            raise ValueError(f"{self.role} messages need content")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("tool messages need tool_call_id")
+        return self
+
+
+class StreamOptions(_Request):
+    include_usage: bool | None = Field(None, description="Send a last chunk with the usage of the whole request.")
+    include_obfuscation: bool | None = Field(None, description="Accepted; there is no obfuscation padding.")
+
+
+Float2 = Annotated[float, Field(ge=-2.0, le=2.0)]
+
+
+class ChatCompletionRequest(_Request):
+    """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
+
+    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    messages: list[ChatMessageParam] = Field(min_length=1)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = Field(1, ge=1, le=128, description="Choices to generate.")
+    seed: int | None = Field(None, description="Same seed and request, same output.")
+    stop: str | list[str] | None = Field(
+        None, description="Stop sequences: an array, or a string split on commas (as the hosted API does)."
+    )
+    max_tokens: int | None = Field(
+        None, ge=1, le=65536, description="Output tokens per choice (default 4096; capped by the server, 8192)."
+    )
+    max_completion_tokens: int | None = Field(None, ge=1, le=65536, description="Preferred alias of max_tokens.")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
+    frequency_penalty: Float2 | None = Field(None, description="Default 0.")
+    presence_penalty: Float2 | None = Field(None, description="Default 0.")
+    logprobs: bool | None = Field(False, description="Return the log probability of each output token.")
+    top_logprobs: int | None = Field(None, ge=0, le=20, description="Most likely alternatives per token.")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="Token id (as a string) → bias added to its logit."
+    )
+    user: str | None = None
+    web_search_linkup: bool | None = Field(
+        False, description="Search the web (or the offline index) with the latest user message and cite sources."
+    )
+    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
+    # gemma-local extensions (llama.cpp sampling knobs the hosted API does not have).
+    top_k: int | None = Field(None, ge=0, description="Extension: top-k sampling (0 disables).")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
+    continue_final_message: bool | None = Field(
+        False, description="Extension: continue a final assistant message instead of answering after it."
+    )
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        for key in value or {}:
+            if not key.strip().lstrip("-").isdigit():
+                raise ValueError(f"keys must be token ids (integers as strings), got {key!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+
+# --- response ----------------------------------------------------------------------------------
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+    refusal: list[TokenLogprob] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+
+class Choice(BaseModel):
+    index: int
+    message: AssistantMessage
+    finish_reason: FinishReason
+    logprobs: ChoiceLogprobs | None = None
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int
+
+
+class CompletionUsage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+
+
+class ChatCompletion(BaseModel):
+    """The non-streaming answer."""
+
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: CompletionUsage
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: FinishReason | None = None
+
+    @field_serializer("delta")
+    def _only_set(self, delta: ChunkDelta) -> dict[str, Any]:
+        # The SDK's stream helper concatenates every field it sees, so send only what is new.
+        return delta.model_dump(exclude_none=True)
+
+
+class ChatCompletionChunk(BaseModel):
+    """One ``data:`` event of a streamed answer."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[ChunkChoice]
+    usage: CompletionUsage | None = None

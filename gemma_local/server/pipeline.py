@@ -1,0 +1,420 @@
+"""The request path every API shares: common request → engine → common events → results.
+
+An API module (Chat Completions, Responses, Anthropic Messages) only translates::
+
+    generation = await pipeline.start(PipelineRequest(...), record=request_record(http_request))
+    async for event in generation.events():      # streaming: ChoiceDelta ... ChoiceEnd per choice
+        ...
+    outcome = await until_disconnected(http_request, generation.result())   # or all at once
+
+``start`` checks the model id, applies the server's output cap, submits ``n`` generations
+(raising typed errors *before* any response is sent) and returns a :class:`Generation`. The
+generation records tokens, time to first token and speed in the request log and the metrics.
+Nothing here knows any API's wire format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeVar
+
+import anyio.to_thread
+from starlette.requests import Request
+
+from gemma_local.engine import (
+    Finished,
+    GenerationRequest,
+    GenerationStream,
+    ImagePart,
+    ModelInfo,
+    TextDelta,
+    Timings,
+    Usage,
+)
+from gemma_local.engine.scheduler import SchedulerStats
+from gemma_local.engine.types import TokenLogprob
+from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError, ModelCapabilityError
+from gemma_local.server.errors import ClientDisconnectedError
+from gemma_local.server.metrics import ServerMetrics
+from gemma_local.server.middleware import RECORD_KEY, RequestRecord
+from gemma_local.server.model_ids import ServedModels
+
+#: The hosted API's default when a request gives no output limit.
+DEFAULT_MAX_TOKENS = 4096
+
+T = TypeVar("T")
+
+
+class EngineLike(Protocol):
+    """What the server needs from an engine (``gemma_local.engine.Engine`` provides it)."""
+
+    model_id: str
+    default_seed: int | None
+
+    @property
+    def info(self) -> ModelInfo: ...
+
+    def submit(self, request: GenerationRequest) -> GenerationStream: ...
+
+    def stats(self) -> SchedulerStats: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PipelineRequest:
+    """One API request, translated: the conversation and options, and how many choices.
+
+    Args:
+        endpoint: the route path (``/v1/chat/completions``), for metrics labels.
+        request_id: the API's own id for this request (``chatcmpl-…``, ``resp_…``, ``msg_…``).
+        model: the model id the client sent (checked against the loaded model).
+        generation: messages, sampling, stop sequences, logprobs; ``max_tokens`` is what the
+            client asked for (None: the hosted default, 4096), capped by the server.
+        n: independent choices for the same prompt (seeds ``seed``, ``seed+1``, …).
+        web_search: ``web_search_linkup`` (accepted now; the search hook gives it effect).
+        disable_formatting: no "Sources" footer on web-search answers.
+    """
+
+    endpoint: str
+    request_id: str
+    model: str
+    generation: GenerationRequest
+    n: int = 1
+    web_search: bool = False
+    disable_formatting: bool = False
+
+
+@dataclass(frozen=True)
+class ChoiceDelta:
+    """New text for choice ``index`` (with logprobs of the tokens it came from, if asked)."""
+
+    index: int
+    text: str
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChoiceEnd:
+    """Choice ``index`` is complete."""
+
+    index: int
+    finish_reason: Literal["stop", "length"]
+    stop_sequence: str | None
+    usage: Usage
+    timings: Timings
+
+
+ChoiceEvent = ChoiceDelta | ChoiceEnd
+
+
+@dataclass(frozen=True)
+class ChoiceResult:
+    """One whole choice, collected."""
+
+    index: int
+    text: str
+    finish_reason: Literal["stop", "length"]
+    stop_sequence: str | None
+    usage: Usage
+    logprobs: tuple[TokenLogprob, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationOutcome:
+    """Every choice of a request, and the request's usage."""
+
+    id: str
+    model: str
+    created: int
+    choices: tuple[ChoiceResult, ...]
+    usage: Usage
+
+
+def combine_usage(usages: Sequence[Usage]) -> Usage:
+    """Usage of ``n`` choices of one prompt: the prompt counts once, completions add up."""
+    if not usages:
+        return Usage(prompt_tokens=0, completion_tokens=0)
+    return Usage(
+        prompt_tokens=usages[0].prompt_tokens,
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        cached_tokens=min(u.cached_tokens for u in usages),
+    )
+
+
+@dataclass
+class _Progress:
+    ends: dict[int, ChoiceEnd] = field(default_factory=dict)
+    tokens_seen: int = 0
+
+
+class Generation:
+    """The running choices of one request. Consume it once, with :meth:`events` or :meth:`result`."""
+
+    def __init__(
+        self,
+        request: PipelineRequest,
+        streams: list[GenerationStream],
+        metrics: ServerMetrics,
+        record: RequestRecord | None,
+    ) -> None:
+        self.id = request.request_id
+        self.model = request.model
+        self.created = int(time.time())
+        self.n = len(streams)
+        self._endpoint = request.endpoint
+        self._streams = streams
+        self._metrics = metrics
+        self._record = record
+        self._progress = _Progress()
+        self._consumed = False
+
+    @property
+    def usage(self) -> Usage:
+        """Usage of the choices finished so far (all of them once :meth:`events` is exhausted)."""
+        ends = self._progress.ends
+        return combine_usage([ends[i].usage for i in sorted(ends)])
+
+    def cancel(self) -> None:
+        """Stop every choice still generating. Idempotent."""
+        for stream in self._streams:
+            stream.cancel()
+
+    async def events(self) -> AsyncIterator[ChoiceEvent]:
+        """Deltas and ends of all choices, interleaved as they are generated.
+
+        Leaving the loop early (or the task being cancelled: a client disconnect) cancels every
+        choice at once.
+
+        Raises:
+            GenerationError, EngineClosedError: the engine failed or shut down mid-generation;
+                the other choices are cancelled.
+        """
+        if self._consumed:
+            raise RuntimeError("A Generation can be consumed only once.")
+        self._consumed = True
+        queue: asyncio.Queue[tuple[int, TextDelta | Finished | BaseException]] = asyncio.Queue()
+
+        async def pump(index: int, stream: GenerationStream) -> None:
+            try:
+                async for event in stream:
+                    queue.put_nowait((index, event))
+            except Exception as e:  # surfaces in the consumer, never lost in a task
+                queue.put_nowait((index, e))
+
+        tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(self._streams)]
+        try:
+            while len(self._progress.ends) < self.n:
+                index, event = await queue.get()
+                if isinstance(event, BaseException):
+                    raise event
+                if isinstance(event, TextDelta):
+                    self._progress.tokens_seen += event.n_tokens
+                    yield ChoiceDelta(index=index, text=event.text, logprobs=event.logprobs)
+                    continue
+                end = self._end(index, event)
+                self._progress.ends[index] = end
+                yield end
+        finally:
+            for task in tasks:
+                task.cancel()
+            self.cancel()
+            self._finalize_record()
+
+    async def result(self) -> GenerationOutcome:
+        """Wait for every choice and return them whole."""
+        texts: dict[int, list[str]] = {i: [] for i in range(self.n)}
+        logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.n)}
+        ends: dict[int, ChoiceEnd] = {}
+        async for event in self.events():
+            if isinstance(event, ChoiceDelta):
+                texts[event.index].append(event.text)
+                logprobs[event.index].extend(event.logprobs)
+            else:
+                ends[event.index] = event
+        choices = tuple(
+            ChoiceResult(
+                index=i,
+                text="".join(texts[i]),
+                finish_reason=ends[i].finish_reason,
+                stop_sequence=ends[i].stop_sequence,
+                usage=ends[i].usage,
+                logprobs=tuple(logprobs[i]),
+            )
+            for i in range(self.n)
+        )
+        return GenerationOutcome(id=self.id, model=self.model, created=self.created, choices=choices, usage=self.usage)
+
+    def _end(self, index: int, event: Finished) -> ChoiceEnd:
+        self._metrics.observe_generation(self._endpoint, event.finish_reason, event.usage, event.timings)
+        if event.finish_reason == "error":
+            raise (
+                event.error
+                if isinstance(event.error, GemmaLocalError)
+                else GenerationError(f"Generation failed: {event.error or 'unknown error'}")
+            )
+        if event.finish_reason == "cancelled":
+            # We did not cancel it (we are still listening): the engine is shutting down.
+            raise EngineClosedError()
+        return ChoiceEnd(
+            index=index,
+            finish_reason=event.finish_reason,
+            stop_sequence=event.stop_sequence,
+            usage=event.usage,
+            timings=event.timings,
+        )
+
+    def _finalize_record(self) -> None:
+        record = self._record
+        if record is None:
+            return
+        ends = list(self._progress.ends.values())
+        if len(ends) < self.n:
+            record.finish = "cancelled" if not ends else "partial"
+            record.completion_tokens = max(record.completion_tokens, self._progress.tokens_seen)
+        else:
+            reasons = sorted({e.finish_reason for e in ends})
+            record.finish = ",".join(reasons)
+        if not ends:
+            return
+        usage = combine_usage([e.usage for e in ends])
+        record.prompt_tokens = usage.prompt_tokens
+        record.cached_tokens = usage.cached_tokens
+        record.completion_tokens = max(usage.completion_tokens, self._progress.tokens_seen)
+        ttfts = [e.timings.time_to_first_token_s for e in ends if e.timings.time_to_first_token_s > 0]
+        record.time_to_first_token_s = min(ttfts) if ttfts else None
+        generation_s = max(e.timings.generation_s for e in ends)
+        if usage.completion_tokens > 1 and generation_s > 0:
+            record.tokens_per_s = usage.completion_tokens / generation_s
+
+
+class Pipeline:
+    """The API-independent request path over one loaded engine.
+
+    Args:
+        engine: the loaded engine.
+        metrics: where finished generations are counted.
+        max_output_tokens: the server's cap on output tokens per choice.
+    """
+
+    def __init__(self, engine: EngineLike, metrics: ServerMetrics, *, max_output_tokens: int) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_output_tokens = max_output_tokens
+        info = engine.info
+        self.info = info
+        self.models = ServedModels(engine.model_id, info.metadata)
+
+    def check_model(self, requested: str) -> str:
+        """``requested`` if the loaded model answers to it.
+
+        Raises:
+            ModelNotFoundError: it does not (HTTP 404 ``model_not_found``).
+        """
+        return self.models.check(requested)
+
+    def require_vision(self) -> None:
+        """Call before decoding images: a text-only model is refused without fetching anything.
+
+        Raises:
+            ModelCapabilityError: the loaded model has no vision projector (HTTP 400).
+        """
+        if not self.info.vision:
+            raise ModelCapabilityError(
+                f"The loaded model '{self.engine.model_id}' cannot read images (no vision projector). "
+                "Serve a Gemma 3 4B, 12B or 27B model with its mmproj file.",
+                param="messages",
+            )
+
+    def output_limit(self, requested: int | None) -> int:
+        """Output tokens per choice: what was asked (default 4096), at most the server's cap."""
+        return min(requested or DEFAULT_MAX_TOKENS, self.max_output_tokens)
+
+    async def start(self, request: PipelineRequest, record: RequestRecord | None = None) -> Generation:
+        """Check the model, submit ``n`` generations, and return them running.
+
+        Raises:
+            ModelNotFoundError: the model id is not served here (404).
+            ChatFormatError, ContextOverflowError, InvalidRequestError, ModelCapabilityError: 400.
+            ServerBusyError: the queue is full (429); no choice is left running.
+            EngineClosedError: the engine is shutting down (503).
+        """
+        self.check_model(request.model)
+        if record is not None:
+            record.request_id = request.request_id
+            record.model = request.model
+        if not self.info.vision and any(
+            isinstance(part, ImagePart) for message in request.generation.messages for part in message.content
+        ):
+            self.require_vision()
+        requests = self._choice_requests(request)
+        # Tokenizing a long prompt takes a while: keep it off the event loop.
+        streams = await anyio.to_thread.run_sync(self._submit_all, requests)
+        return Generation(request, streams, self.metrics, record)
+
+    def _choice_requests(self, request: PipelineRequest) -> list[GenerationRequest]:
+        base = request.generation
+        max_tokens = self.output_limit(base.max_tokens)
+        seed = base.sampling.seed if base.sampling.seed is not None else self.engine.default_seed
+        out = []
+        for i in range(request.n):
+            sampling = base.sampling
+            if request.n > 1 and seed is not None:
+                # Distinct but reproducible choices.
+                sampling = sampling.model_copy(update={"seed": seed + i})
+            out.append(
+                base.model_copy(
+                    update={"max_tokens": max_tokens, "sampling": sampling, "request_id": f"{request.request_id}/{i}"}
+                )
+            )
+        return out
+
+    def _submit_all(self, requests: list[GenerationRequest]) -> list[GenerationStream]:
+        streams: list[GenerationStream] = []
+        try:
+            for r in requests:
+                streams.append(self.engine.submit(r))
+        except BaseException:
+            for stream in streams:
+                stream.cancel()
+            raise
+        return streams
+
+
+def request_record(request: Request) -> RequestRecord | None:
+    """The log record the request-log middleware attached to this request."""
+    return request.scope.get("state", {}).get(RECORD_KEY)
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await ``work``, but cancel it as soon as the client disconnects.
+
+    For non-streaming answers (streaming responses are cancelled by Starlette itself).
+
+    Raises:
+        ClientDisconnectedError: the client left first; ``work`` was cancelled.
+    """
+    work_task = asyncio.ensure_future(work)
+
+    async def wait_disconnect() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    watch_task = asyncio.create_task(wait_disconnect())
+    try:
+        done, _ = await asyncio.wait({work_task, watch_task}, return_when=asyncio.FIRST_COMPLETED)
+        if work_task in done:
+            return work_task.result()
+        work_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await work_task
+        raise ClientDisconnectedError()
+    finally:
+        watch_task.cancel()
+        work_task.cancel()

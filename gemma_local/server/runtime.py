@@ -1,0 +1,88 @@
+"""What an app holds on ``app.state.runtime``: settings, metrics, and the engine once loaded."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from fastapi import Request
+
+from gemma_local.errors import ModelLoadError
+from gemma_local.server.errors import EngineNotReadyError
+from gemma_local.server.metrics import ServerMetrics
+from gemma_local.server.pipeline import EngineLike, Pipeline
+from gemma_local.settings import ServerSettings
+
+EngineFactory = Callable[[], EngineLike]
+
+
+@dataclass
+class Runtime:
+    """The app's mutable state. The engine loads on a background thread; routes check ``pipeline``."""
+
+    settings: ServerSettings
+    status: Literal["loading", "ready", "failed", "closed"] = "loading"
+    engine: EngineLike | None = None
+    pipeline: Pipeline | None = None
+    error: BaseException | None = None
+    owns_engine: bool = False
+    metrics: ServerMetrics = field(init=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.metrics = ServerMetrics(self._stats)
+
+    def _stats(self) -> tuple[int, int, int] | None:
+        engine = self.engine
+        if engine is None:
+            return None
+        stats = engine.stats()
+        return stats.slots, stats.active, stats.queued
+
+    def attach(self, engine: EngineLike) -> bool:
+        """Serve ``engine``; False (and nothing attached) when the app has already shut down."""
+        with self._lock:
+            if self.status == "closed":
+                return False
+            self.engine = engine
+            self.pipeline = Pipeline(engine, self.metrics, max_output_tokens=self.settings.max_output_tokens)
+            self.status = "ready"
+            return True
+
+    def fail(self, error: BaseException) -> None:
+        with self._lock:
+            self.error = error
+            if self.status != "closed":
+                self.status = "failed"
+
+    def close(self) -> EngineLike | None:
+        """Stop serving; return the engine for the caller to close when the app owns it."""
+        with self._lock:
+            self.status = "closed"
+            engine, self.engine, self.pipeline = self.engine, None, None
+            return engine if self.owns_engine else None
+
+
+def get_runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+def get_pipeline(request: Request) -> Pipeline:
+    """FastAPI dependency: the pipeline, or 503 while the model loads (or failed to load).
+
+    Raises:
+        EngineNotReadyError: the model is loading or the server is stopping (503, Retry-After).
+        ModelLoadError: the model failed to load (503, not worth retrying).
+    """
+    runtime = get_runtime(request)
+    pipeline = runtime.pipeline
+    if pipeline is not None:
+        return pipeline
+    if runtime.status == "failed":
+        # Not retryable: the server must be restarted with another model or settings.
+        raise ModelLoadError(f"The model failed to load: {getattr(runtime.error, 'message', runtime.error)}")
+    if runtime.status == "closed":
+        raise EngineNotReadyError("The server is shutting down.")
+    raise EngineNotReadyError()
