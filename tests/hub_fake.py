@@ -94,6 +94,7 @@ class FakeFile:
     advertised_size: int | None = None  # what the metadata claims (disk-space tests)
     drops: list[int] = field(default_factory=list)  # per GET: close the connection after N bytes
     throttle: tuple[int, float] | None = None  # (bytes per write, seconds between writes)
+    ignore_range: bool = False  # answer 200 with the whole file, like a proxy that drops Range
 
     @property
     def sha256(self) -> str:
@@ -311,6 +312,8 @@ def _handler_for(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
 
         def _send_bytes(self, f: FakeFile, head: bool, headers: dict[str, str]) -> None:
             data = f.served if f.served is not None else f.content
+            if f.ignore_range:
+                self._range_start = None
             start = self._range_start or 0
             if start >= len(data) and start:
                 self._error(416, None, "range not satisfiable")

@@ -20,6 +20,7 @@ from click.testing import CliRunner
 from hub_fake import FakeFile, FakeHub, gguf_mmproj, gguf_model
 
 from gemma_local.cli import main
+from gemma_local.hub.progress import human_bytes
 
 REPO = "test-org/slow-GGUF"
 
@@ -135,9 +136,9 @@ def test_pull_without_a_terminal_prints_lines_not_a_bar(fake_hub: FakeHub, env: 
     proc = cli(env, "pull", f"hf.co/{REPO}")
     assert proc.returncode == 0, proc.stderr
     commit = fake_hub.repos[REPO.lower()].head
-    assert proc.stderr.startswith(f"Pulling hf.co/{REPO} from {REPO} @ {commit[:12]}: 0.00 GB to fetch.")
-    assert "\r" not in proc.stderr and "B/s" not in proc.stderr
-    assert proc.stdout.startswith(f"Pulled hf.co/{REPO} (0.00 GB, sha256 verified): ")
+    size = human_bytes(len(fake_hub.file(REPO, "slow-Q4_K_M.gguf").content))
+    assert proc.stderr == f"Pulling hf.co/{REPO} from {REPO} @ {commit[:12]}: {size} to fetch.\n"  # and no bar
+    assert proc.stdout.startswith(f"Pulled hf.co/{REPO} ({size}, sha256 verified): ")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from gemma_local.errors import (
     InsufficientDiskError,
     OfflineError,
     RemoteNotFoundError,
+    UnknownModelNameError,
 )
 from gemma_local.hub.download import pull
 from gemma_local.hub.fit import GIB, MemoryBudget
@@ -153,6 +154,24 @@ def test_gives_up_after_repeated_drops_but_keeps_the_bytes(
     entry = do_pull(fake_hub, f"hf.co/{REPO}:Q4_K_M")
     assert entry.path.read_bytes() == model.content
     assert fake_hub.content_requests()[-2].range_start == 10_000  # resumed, then the projector
+
+
+def test_a_server_that_ignores_range_restarts_the_file_cleanly(
+    fake_hub: FakeHub, tiny_repo: dict[str, bytes], isolated_home: Path
+) -> None:
+    model = fake_hub.file(REPO, "tiny-Q4_K_M.gguf")
+    model.drops = [100_000]
+    model.ignore_range = True  # the retry gets 200 + the whole file instead of 206
+    entry = do_pull(fake_hub, f"hf.co/{REPO}:Q4_K_M")
+    assert entry.path.read_bytes() == model.content  # not the first 100 kB twice
+    gets = [r for r in fake_hub.content_requests() if r.path == f"/cdn/{model.sha256}"]
+    assert [(r.status, r.bytes_sent) for r in gets] == [(200, 100_000), (200, len(model.content))]
+
+
+def test_a_revision_belongs_to_one_repo_so_a_quant_must_be_named(fake_hub: FakeHub) -> None:
+    with pytest.raises(UnknownModelNameError, match=r"name the quantization too, e\.g\. 'gemma-3-27b:qat'"):
+        plan_pull("gemma-3-27b", revision="abc", client=HubClient(endpoint=fake_hub.url), budget=PLENTY)
+    assert fake_hub.requests == []
 
 
 def test_corrupt_bytes_fail_the_hash_and_nothing_is_registered(
@@ -307,3 +326,17 @@ def test_catalog_pull_registers_aliases_and_vision(fake_hub: FakeHub) -> None:
     do_pull(fake_hub, "gemma-3-270m")
     assert store.find("gemma-3-270m").name == "gemma-3-270m:q8_0"
     assert store.find("gemma-3-270m:bf16").aliases == []
+
+
+def test_two_pulls_never_write_the_same_partial_file(fake_hub: FakeHub, tiny_repo: dict[str, bytes]) -> None:
+    from filelock import FileLock
+
+    model = fake_hub.file(REPO, "tiny-Q4_K_M.gguf")
+    lock = FileLock(str(ModelStore().partial_path(model.sha256)) + ".lock")
+    lock.acquire()  # as another process downloading the same file would hold it
+    try:
+        with pytest.raises(DownloadError, match=r"Another gemma-local pull is downloading tiny-Q4_K_M\.gguf right now"):
+            do_pull(fake_hub, f"hf.co/{REPO}:Q4_K_M")
+    finally:
+        lock.release()
+    assert do_pull(fake_hub, f"hf.co/{REPO}:Q4_K_M").path.read_bytes() == model.content

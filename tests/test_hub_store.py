@@ -12,6 +12,7 @@ from hub_fake import gguf_mmproj, gguf_model, sha256
 
 from gemma_local.cli import main
 from gemma_local.errors import ModelNotFoundError
+from gemma_local.hub.progress import human_bytes
 from gemma_local.hub.resolve import resolve_model
 from gemma_local.hub.store import ModelStore, StoredFile
 
@@ -95,9 +96,10 @@ def test_show_reads_the_gguf_metadata(files: dict[str, Path]) -> None:
     assert info["source"] == "import" and info["files"][0]["sha256"] == sha256(files["model"].read_bytes())
 
     text = run("models", "show", "tiny").output
-    assert "  architecture    gemma3\n" in text
-    assert "  quantization    Q4_K_M\n" in text
-    assert "  layers          6\n" in text
+    assert "  architecture         gemma3\n" in text
+    assert "  quantization         Q4_K_M\n" in text
+    assert "  layers               6\n" in text
+    assert "  vision               " in text and "(gemma3, image 64px)" in text
 
     # A bare GGUF path works too, and an unknown name says how to get it.
     assert json.loads(run("models", "show", str(files["model"]), "--json").output)["gguf"]["layers"] == 6
@@ -150,9 +152,10 @@ def test_rm_frees_the_disk_but_keeps_shared_and_imported_files(files: dict[str, 
     _register(store, "org-q4", [("model", q4), ("mmproj", proj)])
     _register(store, "org-q8", [("model", q8), ("mmproj", proj)])
 
+    q4_size = q4.stat().st_size
     result = run("models", "rm", "org-q4")
     assert result.exit_code == 0, result.output
-    assert result.output.startswith("Removed org-q4; freed 0.00 GB.\n")
+    assert result.output.startswith(f"Removed org-q4; freed {human_bytes(q4_size)}.\n")
     assert f"kept {proj} (still used by another model)" in result.output
     assert not q4.exists() and proj.exists() and q8.exists()
 

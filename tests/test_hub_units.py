@@ -196,3 +196,14 @@ def test_rejects_non_gguf_and_truncated_files(tmp_path: Path) -> None:
     truncated.write_bytes(gguf_model(4096)[:200])
     with pytest.raises(StoreError, match="truncated or corrupt"):
         read_gguf(truncated)
+
+
+def test_human_bytes() -> None:
+    from gemma_local.hub.progress import human_bytes
+
+    assert [human_bytes(n) for n in (512, 20_096, 857_739_168, 16_546_404_736)] == [
+        "512 B",
+        "20.1 kB",
+        "857.7 MB",
+        "16.5 GB",
+    ]

@@ -49,10 +49,11 @@ def models_list(as_json: bool) -> None:
 @friendly_errors
 def models_rm(name: str) -> None:
     """Remove NAME from the store and delete the files only it used."""
+    from gemma_local.hub.progress import human_bytes
     from gemma_local.hub.store import ModelStore
 
     entry, freed, kept = ModelStore().remove(name)
-    click.echo(f"Removed {entry.name}; freed {freed / 1e9:.2f} GB.")
+    click.echo(f"Removed {entry.name}; freed {human_bytes(freed)}.")
     for path in kept:
         why = "imported in place" if not entry.managed else "still used by another model"
         click.echo(f"  kept {path} ({why})")
@@ -106,14 +107,14 @@ def models_verify(name: str | None, as_json: bool) -> None:
 def models_import(path: Path, mmproj: Path | None, name: str | None, copy: bool, as_json: bool) -> None:
     """Register a local GGUF file (hashed) so --model NAME can load it."""
     from gemma_local.hub.importer import import_model
-    from gemma_local.hub.progress import make_progress
+    from gemma_local.hub.progress import human_bytes, make_progress
 
     entry = import_model(path, mmproj=mmproj, name=name, copy=copy, progress=make_progress(not as_json))
     if as_json:
         click.echo(json.dumps(entry.summary(), indent=2))
         return
     where = "copied into the store" if copy else "registered in place"
-    click.echo(f"Imported {entry.name} ({entry.size_bytes / 1e9:.2f} GB, {where}): {entry.path}")
+    click.echo(f"Imported {entry.name} ({human_bytes(entry.size_bytes)}, {where}): {entry.path}")
 
 
 @models.command("show")
@@ -151,18 +152,17 @@ def models_show(name: str, as_json: bool) -> None:
 
 
 def _print_show(info: dict) -> None:
+    from gemma_local.hub.progress import human_bytes
+
     gguf = info["gguf"]
     click.echo(f"{info['name']}")
-    click.echo(f"  path            {info['path']}")
-    click.echo(f"  size            {info['size_bytes'] / 1e9:.2f} GB")
-    for key in ("source", "repo", "revision", "pulled_at"):
-        if info.get(key):
-            click.echo(f"  {key:<15} {info[key]}")
-    for key, value in gguf.items():
-        if value is not None:
-            click.echo(f"  {key:<15} {value}")
+    rows: list[tuple[str, object]] = [("path", info["path"]), ("size", human_bytes(info["size_bytes"]))]
+    rows += [(key, info[key]) for key in ("source", "repo", "revision", "pulled_at") if info.get(key)]
+    rows += [(key, value) for key, value in gguf.items() if value is not None]
     if "mmproj" in info:
         mm = info["mmproj"]
-        click.echo(f"  vision          {mm['path']} ({mm.get('projector_type')}, image {mm.get('image_size')}px)")
+        rows.append(("vision", f"{mm['path']} ({mm.get('projector_type')}, image {mm.get('image_size')}px)"))
     else:
-        click.echo("  vision          no")
+        rows.append(("vision", "no"))
+    for key, value in rows:
+        click.echo(f"  {key:<20} {value}")

@@ -34,7 +34,7 @@ def pull(name: str, revision: str | None, memory_gib: float | None, dry_run: boo
     from gemma_local.hub.download import pull as run_pull
     from gemma_local.hub.fit import GIB, MemoryBudget
     from gemma_local.hub.plan import plan_pull
-    from gemma_local.hub.progress import make_progress
+    from gemma_local.hub.progress import human_bytes, make_progress
     from gemma_local.hub.remote import HubClient
     from gemma_local.hub.store import ModelStore
 
@@ -65,8 +65,8 @@ def pull(name: str, revision: str | None, memory_gib: float | None, dry_run: boo
         return
     resumed = sum(f.have_bytes for f in plan.files if not f.stored)
     say(
-        f"Pulling {plan.name} from {plan.repo_id} @ {plan.commit[:12]}: {plan.download_bytes / 1e9:.2f} GB to fetch"
-        + (f", resuming after {resumed / 1e9:.2f} GB already downloaded" if resumed else "")
+        f"Pulling {plan.name} from {plan.repo_id} @ {plan.commit[:12]}: {human_bytes(plan.download_bytes)} to fetch"
+        + (f", resuming after {human_bytes(resumed)} already downloaded" if resumed else "")
         + "."
     )
     try:
@@ -78,15 +78,17 @@ def pull(name: str, revision: str | None, memory_gib: float | None, dry_run: boo
         click.echo(json.dumps({"status": "pulled", "model": entry.summary()}, indent=2))
         return
     vision = f" + vision projector {entry.mmproj_path.name}" if entry.mmproj_path else ""
-    click.echo(f"Pulled {entry.name} ({entry.size_bytes / 1e9:.2f} GB, sha256 verified){vision}: {entry.path}")
+    click.echo(f"Pulled {entry.name} ({human_bytes(entry.size_bytes)}, sha256 verified){vision}: {entry.path}")
 
 
 def _print_plan(plan) -> None:
+    from gemma_local.hub.progress import human_bytes
+
     click.echo(f"{plan.name}: {plan.repo_id} @ {plan.commit}")
     for f in plan.files:
-        state = "stored" if f.stored else (f"{f.have_bytes:,} bytes already here" if f.have_bytes else "to fetch")
-        click.echo(f"  {f.role:<6} {f.remote.path}  {f.remote.size / 1e9:.2f} GB  ({state})")
+        state = "stored" if f.stored else (f"{human_bytes(f.have_bytes)} already here" if f.have_bytes else "to fetch")
+        click.echo(f"  {f.role:<6} {f.remote.path}  {human_bytes(f.remote.size)}  ({state})")
     verdict = "fits" if plan.fits_disk else "does NOT fit"
     click.echo(
-        f"To download: {plan.download_bytes / 1e9:.2f} GB; free disk: {plan.free_bytes / 1e9:.2f} GB ({verdict})."
+        f"To download: {human_bytes(plan.download_bytes)}; free disk: {human_bytes(plan.free_bytes)} ({verdict})."
     )

@@ -9,7 +9,15 @@ from __future__ import annotations
 import sys
 from typing import Protocol
 
-__all__ = ["NullProgress", "Progress", "make_progress"]
+__all__ = ["NullProgress", "Progress", "human_bytes", "make_progress"]
+
+
+def human_bytes(n: int) -> str:
+    """``16546404736`` → ``16.5 GB`` (decimal units, as the Hub shows file sizes)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 class Progress(Protocol):
