@@ -56,7 +56,10 @@ def pull(name: str, revision: str | None, memory_gib: float | None, dry_run: boo
             _print_plan(plan)
         return
     existing = store.find(plan.name)
-    if plan.download_bytes == 0 and existing is not None and existing.revision == plan.commit:
+    same_files = existing is not None and {f.path for f in existing.files} == {
+        store.relative(f.dest) for f in plan.files
+    }
+    if plan.download_bytes == 0 and existing is not None and same_files:
         entry = store.register(existing.model_copy(update={"aliases": sorted({*existing.aliases, *plan.aliases})}))
         if as_json:
             click.echo(json.dumps({"status": "already_pulled", "model": entry.summary()}, indent=2))
