@@ -218,6 +218,19 @@ def test_first_provider_with_results_wins_and_failures_fall_through() -> None:
                                    "elapsed_ms": meta["attempts"][0]["elapsed_ms"], "detail": "no index here"}
 
 
+def test_sources_found_but_not_used_are_explained() -> None:
+    outcome = run_search("q", ProviderChain([Scripted("local", [src(1), src(2)])]))
+    assert outcome.explain() is None and outcome.explain([src(1)]) is None
+    assert outcome.explain([]) == (
+        "2 sources were found (local), but the context window had no room for them; shorten the "
+        "conversation or give the model a larger context (--ctx)."
+    )
+    meta = outcome.metadata([])
+    assert (meta["sources_found"], meta["sources_used"], meta["note"]) == (2, 0, outcome.explain([]))
+    nothing = run_search("q", ProviderChain([]))
+    assert nothing.explain([]) == nothing.note == "No search provider is configured."
+
+
 def test_notes_say_why_there_are_no_sources() -> None:
     assert run_search("q", ProviderChain([])).note == "No search provider is configured."
     assert run_search("   ", ProviderChain([Scripted("a", [src(1)])])).note == "The search query is empty."

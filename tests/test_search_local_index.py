@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -189,6 +190,20 @@ def test_pdf_text_and_title_are_indexed(index: LocalIndex, tmp_path: Path) -> No
     [hit] = index.search("solar panels revenue")
     assert hit.title == "Q3 Report"
     assert "Revenue grew because of solar panels." in hit.snippet
+
+
+def test_pdfs_without_pypdf_are_skipped_naming_the_extra(
+    index: LocalIndex, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    docs = tmp_path / "pdfs"
+    docs.mkdir()
+    make_pdf(docs / "report.pdf", ["Solar panels"], "Q3 Report")
+    monkeypatch.setitem(sys.modules, "pypdf", None)
+    [report] = index.add([docs])
+    assert report.skipped == [(str(docs / "report.pdf"), "PDF text needs pypdf: pip install 'gemma-local[search]'")]
+    monkeypatch.delitem(sys.modules, "pypdf")
+    [report] = index.add([docs])  # skipped files are tried again: now it is read
+    assert (report.added, report.skipped) == (1, [])
 
 
 def test_unreadable_files_are_skipped_with_a_reason(index: LocalIndex, tmp_path: Path) -> None:

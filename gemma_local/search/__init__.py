@@ -13,7 +13,8 @@ Layout::
 
 Nothing here imports the engine or the server; the request pipeline calls the hook (see
 ``gemma_local.search.hook`` for the sequence), the CLI manages the index
-(``gemma-local index``).
+(``gemma_local.commands.index``) and shares the search flags
+(``gemma_local.commands.search_options``).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ The pipeline, for a request with ``web_search_linkup: true``::
     ... generate ...
     spans = citation_spans(answer_text, used)    # Responses API url_citation annotations
     if not disable_formatting:
-        answer_text += format_footer(used, note=outcome.note)   # also as the last stream delta
+        answer_text += format_footer(used, note=outcome.explain(used))  # also the last stream delta
     metadata = outcome.metadata(used)            # provider, counts, attempts, note
 
 Fetched text is untrusted: :func:`build_sources_prompt` wraps it in ``<sources>`` tags, tells
@@ -173,7 +173,7 @@ def format_footer(sources: Sequence[Source], *, note: str | None = None) -> str:
 
     Args:
         sources: The sources given to the model (``build_sources_prompt``'s second value).
-        note: ``SearchOutcome.note``, shown when there are no sources.
+        note: Why there are none, shown when ``sources`` is empty (``outcome.explain(used)``).
 
     Returns:
         ``"\\n\\nSources:\\n[1] Title — https://…\\n[2] notes — /home/me/notes.md"``, or

@@ -107,6 +107,20 @@ class SearchOutcome:
         """Whether any source was found."""
         return bool(self.sources)
 
+    def explain(self, used: Sequence[Source] | None = None) -> str | None:
+        """Why the answer has no sources (``None`` when it has some).
+
+        Args:
+            used: The sources actually put into the prompt; when sources were found but none
+                fitted, that is the reason given.
+        """
+        if used is None or used or not self.sources:
+            return self.note
+        return (
+            f"{len(self.sources)} sources were found ({self.provider}), but the context window had no "
+            "room for them; shorten the conversation or give the model a larger context (--ctx)."
+        )
+
     def metadata(self, used: Sequence[Source] | None = None) -> dict[str, Any]:
         """JSON-ready summary for usage/metadata fields of a response.
 
@@ -119,6 +133,6 @@ class SearchOutcome:
             "provider": self.provider,
             "sources_found": len(self.sources),
             "sources_used": used_count,
-            "note": self.note,
+            "note": self.explain(used),
             "attempts": [a.as_dict() for a in self.attempts],
         }
