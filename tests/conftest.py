@@ -37,8 +37,17 @@ TEST_THREADS = int(os.environ.get("GEMMA_LOCAL_TEST_THREADS", "2"))
 
 
 @pytest.fixture(scope="session")
-def engine(model_path: Path):
-    """One real engine for the whole session: 4 slots of 2048 tokens."""
+def tiny_mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random-weight Gemma 3 vision projector for the 270M model (see tests/tiny_mmproj.py)."""
+    from tiny_mmproj import write_tiny_gemma3_mmproj
+
+    return write_tiny_gemma3_mmproj(tmp_path_factory.mktemp("mmproj") / "tiny-gemma3-mmproj.gguf")
+
+
+@pytest.fixture(scope="session")
+def engine(model_path: Path, tiny_mmproj: Path):
+    """One real engine for the whole session: 4 slots of 2048 tokens, with the tiny vision
+    projector loaded so every API's image path runs against the same shared server."""
     from gemma_local.engine import ContextParams, Engine
 
     eng = Engine(
@@ -46,6 +55,7 @@ def engine(model_path: Path):
         ContextParams(n_ctx_per_seq=2048, n_seq=4, n_threads=TEST_THREADS),
         max_queue=8,
         model_id="gemma-3-270m-embedded",
+        mmproj_path=tiny_mmproj,
     )
     yield eng
     eng.close()

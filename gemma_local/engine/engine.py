@@ -14,13 +14,14 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_local.engine.chat_format import RenderedPrompt, render, render_raw
+from gemma_local.engine.chat_format import RenderedPrompt, Special, render, render_raw
 from gemma_local.engine.model import ContextParams, LlamaModel
 from gemma_local.engine.sampling import SamplerChain
-from gemma_local.engine.scheduler import Scheduler, SchedulerStats
+from gemma_local.engine.scheduler import Prompt, Scheduler, SchedulerStats
 from gemma_local.engine.stream import GenerationStream
-from gemma_local.engine.types import GenerationRequest, GenerationResult
-from gemma_local.errors import ContextOverflowError
+from gemma_local.engine.types import GenerationRequest, GenerationResult, ImagePart
+from gemma_local.engine.vision import VisionProjector
+from gemma_local.errors import ContextOverflowError, ModelCapabilityError
 
 DEFAULT_CTX = 8192
 DEFAULT_PARALLEL = 4
@@ -66,8 +67,19 @@ class Engine:
         max_queue: int = 64,
         default_seed: int | None = None,
         model_id: str | None = None,
+        mmproj_path: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.model = LlamaModel(model_path, params or ContextParams(n_ctx_per_seq=DEFAULT_CTX, n_seq=DEFAULT_PARALLEL))
+        params = params or ContextParams(n_ctx_per_seq=DEFAULT_CTX, n_seq=DEFAULT_PARALLEL)
+        self.model = LlamaModel(model_path, params)
+        self.vision: VisionProjector | None = None
+        try:
+            if mmproj_path is not None:
+                self.vision = VisionProjector(
+                    mmproj_path, self.model, n_threads=self.model.n_threads, use_gpu=params.gpu_layers != 0
+                )
+        except Exception:
+            self.model.close()
+            raise
         self.default_seed = default_seed
         self.model_id = model_id or Path(model_path).stem
         self._scheduler = Scheduler(self.model, max_queue=max_queue)
@@ -86,7 +98,7 @@ class Engine:
             n_slots=m.params.n_seq,
             n_embd=m.n_embd,
             n_layer=m.n_layer,
-            vision=False,
+            vision=self.vision is not None,
             metadata=dict(m.metadata),
         )
 
@@ -96,8 +108,39 @@ class Engine:
         return render(request.messages, continue_final=request.continue_final_message)
 
     def prompt_tokens(self, request: GenerationRequest) -> list[int]:
-        """The exact tokens the model will see for this request."""
-        return self.model.tokenize_prompt(self.render(request))
+        """The exact tokens the model will see for this request (an image's soft tokens are
+        counted, each standing as a negative placeholder id)."""
+        return self.build_prompt(request).tokens
+
+    def build_prompt(self, request: GenerationRequest) -> Prompt:
+        """Tokenize the rendered request, encoding its images (cached by content hash).
+
+        Raises:
+            ModelCapabilityError: the request has images and no vision projector is loaded.
+        """
+        rendered = self.render(request)
+        if not rendered.images:
+            return Prompt(self.model.tokenize_prompt(rendered))
+        if self.vision is None:
+            raise ModelCapabilityError(
+                f"The model {self.model_id} has no vision: it cannot read images. Use a Gemma 3 4B, 12B or "
+                "27B model with its vision projector (mmproj), or send text only.",
+                param="messages",
+            )
+        tokens: list[int] = []
+        images = {}
+        for seg in rendered.segments:
+            if isinstance(seg, ImagePart):
+                encoded = self.vision.encode(seg)
+                tokens.extend(encoded.prefix_tokens)
+                images[len(tokens)] = encoded
+                tokens.extend([encoded.placeholder] * encoded.n_tokens)
+                tokens.extend(encoded.suffix_tokens)
+            elif isinstance(seg, Special) and seg.text == "<bos>":
+                tokens.append(self.model.bos)
+            else:
+                tokens.extend(self.model.tokenize_prompt(RenderedPrompt((seg,))))
+        return Prompt(tokens, images)
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         """Queue a generation and return its stream at once.
@@ -109,14 +152,14 @@ class Engine:
             ServerBusyError: every slot is busy and the waiting queue is full.
             EngineClosedError: the engine is shutting down.
         """
-        tokens = self.prompt_tokens(request)
+        prompt = self.build_prompt(request)
         n_ctx = self.model.n_ctx_per_seq
-        if len(tokens) >= n_ctx:
-            raise ContextOverflowError(n_prompt_tokens=len(tokens), n_ctx=n_ctx, max_tokens=request.max_tokens)
+        if len(prompt.tokens) >= n_ctx:
+            raise ContextOverflowError(n_prompt_tokens=len(prompt.tokens), n_ctx=n_ctx, max_tokens=request.max_tokens)
         sampler = SamplerChain(
             request.sampling, vocab=self.model.vocab, n_vocab=self.model.n_vocab, default_seed=self.default_seed
         )
-        return self._scheduler.submit(request, tokens, sampler)
+        return self._scheduler.submit(request, prompt, sampler)
 
     def generate(self, request: GenerationRequest) -> GenerationResult:
         """Submit and wait for the whole answer."""
@@ -134,6 +177,9 @@ class Engine:
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
             self._scheduler = None
+        if getattr(self, "vision", None) is not None:
+            self.vision.close()
+            self.vision = None
         if getattr(self, "model", None) is not None:
             self.model.close()
 

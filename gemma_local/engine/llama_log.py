@@ -49,6 +49,13 @@ def install() -> None:
     if _installed:
         return
     llama_cpp.llama_log_set(_callback, ctypes.c_void_p(0))
+    try:  # the multimodal library (vision projector) logs through its own hook
+        from llama_cpp import mtmd_cpp
+
+        mtmd_cpp.mtmd_log_set(_callback, ctypes.c_void_p(0))
+        mtmd_cpp.mtmd_helper_log_set(_callback, ctypes.c_void_p(0))
+    except (ImportError, AttributeError, OSError):  # a build without mtmd has no such hook
+        pass
     llama_cpp.llama_backend_init()
     _installed = True
 

@@ -11,6 +11,7 @@ prefix with it (multi-turn chat, a shared system prompt) only computes the new t
 from __future__ import annotations
 
 import collections
+import ctypes
 import itertools
 import logging
 import threading
@@ -33,6 +34,7 @@ from gemma_local.engine.types import (
     TokenLogprob,
     Usage,
 )
+from gemma_local.engine.vision import EncodedImage
 from gemma_local.errors import EngineClosedError, GenerationError, ServerBusyError
 
 logger = logging.getLogger("gemma_local.engine")
@@ -42,11 +44,34 @@ logger = logging.getLogger("gemma_local.engine")
 MIN_PREFIX_COPY = 256
 
 
+@dataclass
+class Prompt:
+    """Prompt tokens, with each image's soft tokens as a run of one placeholder id.
+
+    ``images`` maps the index where an image's run starts to its encoding; the scheduler
+    decodes those runs from the embeddings instead of token ids.
+    """
+
+    tokens: list[int]
+    images: dict[int, EncodedImage] = field(default_factory=dict)
+
+    def next_image_at_or_after(self, index: int) -> int | None:
+        starts = [i for i in self.images if i >= index]
+        return min(starts) if starts else None
+
+    def image_covering(self, index: int) -> int | None:
+        """The start of the image run that ``index`` falls strictly inside, if any."""
+        for start, image in self.images.items():
+            if start < index < start + image.n_tokens:
+                return start
+        return None
+
+
 @dataclass(eq=False)
 class Job:
     request: GenerationRequest
     stream: GenerationStream
-    prompt: list[int]
+    prompt_info: Prompt
     sampler: SamplerChain
     submitted_at: float
     slot: Slot | None = None
@@ -60,6 +85,10 @@ class Job:
     prompt_done_at: float = 0.0
     assembler: TextAssembler = field(default_factory=TextAssembler)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def prompt(self) -> list[int]:
+        return self.prompt_info.tokens
 
     @property
     def prefilling(self) -> bool:
@@ -111,10 +140,10 @@ class Scheduler:
 
     # --- public, any thread ------------------------------------------------------------------
 
-    def submit(self, request: GenerationRequest, prompt: list[int], sampler: SamplerChain) -> GenerationStream:
+    def submit(self, request: GenerationRequest, prompt: Prompt, sampler: SamplerChain) -> GenerationStream:
         request_id = request.request_id or f"gen-{next(self._ids)}"
         stream = GenerationStream(request_id, on_cancel=self._wake)
-        job = Job(request=request, stream=stream, prompt=prompt, sampler=sampler, submitted_at=time.perf_counter())
+        job = Job(request=request, stream=stream, prompt_info=prompt, sampler=sampler, submitted_at=time.perf_counter())
         with self._cond:
             if self._closing:
                 sampler.close()
@@ -205,7 +234,7 @@ class Scheduler:
         slot.job = job
         job.slot = slot
         job.assembler = TextAssembler(job.request.stop)
-        n_keep = self._reuse_prefix(slot, job.prompt)
+        n_keep = self._reuse_prefix(slot, job.prompt_info)
         job.n_past = n_keep
         job.cached_tokens = n_keep
 
@@ -234,12 +263,16 @@ class Scheduler:
                 return target
         return best
 
-    def _reuse_prefix(self, slot: Slot, prompt: list[int]) -> int:
+    def _reuse_prefix(self, slot: Slot, prompt_info: Prompt) -> int:
         """Trim the slot's KV to the prefix it shares with ``prompt``; return its length."""
         mem = self.model.memory
         seq = slot.seq_id
+        prompt = prompt_info.tokens
         # The last prompt token is always decoded again: its logits give the first new token.
         n_keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
+        inside = prompt_info.image_covering(n_keep)
+        if inside is not None:  # an image is decoded whole, never from its middle
+            n_keep = inside
         if n_keep > 0 and self.model.n_swa > 0:
             # Sliding-window layers only keep the last n_swa positions. Continuing at n_keep
             # needs the window before it still in the cache; otherwise start from scratch.
@@ -268,6 +301,8 @@ class Scheduler:
                 self._finish_unstarted(job, "cancelled")
 
     def _step(self) -> None:
+        for job in [j for j in self._active if j.prefilling and j.n_past in j.prompt_info.images]:
+            self._decode_image(job)
         batch = self._batch
         n_ctx = self.model.n_ctx_per_seq
         capacity = self.model.n_batch
@@ -294,7 +329,13 @@ class Scheduler:
             room = capacity - n
             if room <= 0:
                 break
-            chunk = job.prompt[job.n_past : job.n_past + room]
+            if job.n_past in job.prompt_info.images:
+                continue  # its image is decoded first, in a call of its own (next step)
+            end = job.n_past + room
+            next_image = job.prompt_info.next_image_at_or_after(job.n_past)
+            if next_image is not None:
+                end = min(end, next_image)
+            chunk = job.prompt[job.n_past : end]
             last = job.n_past + len(chunk) == len(job.prompt)
             for i, token in enumerate(chunk):
                 add(token, job.n_past + i, job.slot.seq_id, last and i == len(chunk) - 1)
@@ -316,6 +357,51 @@ class Scheduler:
                 if not job.prompt_done_at:
                     job.prompt_done_at = now
                 self._sample(job)
+
+    def _decode_image(self, job: Job) -> None:
+        """Decode one image's embeddings into the job's sequence, alone in its llama_decode call.
+
+        Image tokens attend to each other both ways (non-causal), which llama.cpp switches on
+        for the whole context; it must cover only this call, and the image must fit in one
+        micro-batch, or llama.cpp aborts the process.
+        """
+        image = job.prompt_info.images[job.n_past]
+        n, n_embd = image.embeddings.shape
+        if n > self.model.params.n_ubatch:
+            self._fail(
+                job,
+                GenerationError(
+                    f"An image needs {n} tokens in one micro-batch but n_ubatch is {self.model.params.n_ubatch}; "
+                    "start the engine with a larger n_ubatch (GEMMA_LOCAL_N_UBATCH)."
+                ),
+            )
+            return
+        if job.n_past + n > self.model.n_ctx_per_seq:
+            self._finish(job, "length")
+            return
+        batch = llama_cpp.llama_batch_init(n, n_embd, 1)
+        try:
+            ctypes.memmove(batch.embd, image.embeddings.ctypes.data, image.embeddings.nbytes)
+            for i in range(n):
+                batch.pos[i] = job.n_past + i
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = job.slot.seq_id
+                batch.logits[i] = False
+            batch.n_tokens = n
+            if image.non_causal:
+                llama_cpp.llama_set_causal_attn(self.model.ctx, False)
+            try:
+                rc = llama_cpp.llama_decode(self.model.ctx, batch)
+            finally:
+                if image.non_causal:
+                    llama_cpp.llama_set_causal_attn(self.model.ctx, True)
+        finally:
+            llama_cpp.llama_batch_free(batch)
+        if rc != 0:
+            self._decode_failed(rc, [job])
+            return
+        job.slot.cached.extend(job.prompt[job.n_past : job.n_past + n])
+        job.n_past += n
 
     def _decode_failed(self, rc: int, jobs: list[Job]) -> None:
         reason = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, f"llama_decode returned {rc}")
