@@ -7,6 +7,8 @@ each API's error envelope; see ``gemma_local.server.errors``.
 
 from __future__ import annotations
 
+from typing import Literal
+
 
 class GemmaLocalError(Exception):
     """Root of every error gemma-local raises deliberately."""
@@ -366,4 +368,40 @@ class UnsupportedSchemaError(InvalidRequestError):
     def __init__(self, message: str, *, keyword: str, path: str = "#", param: str | None = None) -> None:
         self.keyword = keyword
         self.path = path
+        super().__init__(message, param=param)
+
+
+# --- images ------------------------------------------------------------------------------
+# Images in requests (``gemma_local.images``): decoding, validation and remote fetching.
+
+ImageErrorReason = Literal[
+    "not_an_image",
+    "truncated",
+    "too_many_pixels",
+    "too_large",
+    "unsupported_format",
+    "bad_base64",
+    "bad_data_uri",
+    "bad_url",
+    "remote_images_disabled",
+    "blocked_address",
+    "fetch_failed",
+    "not_found",
+]
+
+
+class ImageError(InvalidRequestError):
+    """An image in the request cannot be used (HTTP 400); ``reason`` says why, the message what to do.
+
+    Reasons: ``not_an_image``, ``truncated`` (cut short or corrupt), ``too_many_pixels`` (also
+    decompression bombs), ``too_large`` (bytes), ``unsupported_format``, ``bad_base64``,
+    ``bad_data_uri``, ``bad_url`` (not http(s), credentials in it), ``remote_images_disabled``,
+    ``blocked_address`` (private, loopback, link-local… and not allowed), ``fetch_failed``
+    (unreachable, HTTP error, timeout, too many redirects), ``not_found`` (a local path, CLI only).
+    """
+
+    code = "invalid_image"
+
+    def __init__(self, message: str, *, reason: ImageErrorReason, param: str | None = None) -> None:
+        self.reason: ImageErrorReason = reason
         super().__init__(message, param=param)

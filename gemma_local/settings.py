@@ -51,3 +51,16 @@ class ServerSettings(BaseSettings):
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
     max_output_tokens: int = Field(8192, ge=1, le=131072, description="Server cap on output tokens.")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    allow_remote_images: bool = Field(
+        False, description="Fetch images given as http(s) URLs (off: clients must send images inline)."
+    )
+    allowed_image_hosts: list[str] = Field(
+        default_factory=list,
+        description="Hosts whose image URLs may resolve to private, loopback or link-local addresses.",
+    )
+    max_image_bytes: int = Field(
+        20 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest image accepted, in bytes."
+    )
+    max_image_pixels: int = Field(
+        50_000_000, ge=1024, le=1_000_000_000, description="Largest image accepted, in pixels (width × height)."
+    )
