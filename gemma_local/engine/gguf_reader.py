@@ -2,12 +2,14 @@
 
 Used by the memory planner (and ``models show``) to learn layer counts, heads, sliding window
 and context length before deciding how big a context to ask llama.cpp for. Large arrays (the
-262k-entry vocabulary) are skipped and reported by length only.
+262k-entry vocabulary) are skipped and reported by length only. ``read_gguf_tensors`` also
+lists the tensors (names, shapes, types), e.g. to check a vision projector before llama.cpp sees it.
 """
 
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -80,7 +82,39 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
     Raises:
         ModelLoadError: not a GGUF file, or a truncated/corrupt header.
     """
-    path = Path(path)
+    return _read_header(Path(path), with_tensors=False)[0]
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor's entry in a GGUF header (its data is not read)."""
+
+    name: str
+    #: Dimensions in ggml order (``ne[0]`` first: the reverse of numpy's shape).
+    shape: tuple[int, ...]
+    #: The ggml type id (0 = F32, 1 = F16, …).
+    ggml_type: int
+
+
+def read_gguf_tensors(path: str | Path) -> tuple[dict[str, Any], list[TensorInfo]]:
+    """The metadata (as :func:`read_gguf_metadata`) and the tensor list of a GGUF file.
+
+    Args:
+        path: The GGUF file.
+
+    Returns:
+        ``(metadata, tensors)``, tensors in file order.
+
+    Raises:
+        ModelLoadError: not a GGUF file, or a truncated/corrupt header.
+    """
+    return _read_header(Path(path), with_tensors=True)
+
+
+_MAX_DIMS = 8  # GGML_MAX_DIMS is 4; anything far above it is a corrupt header
+
+
+def _read_header(path: Path, *, with_tensors: bool) -> tuple[dict[str, Any], list[TensorInfo]]:
     with path.open("rb") as f:
         r = _Reader(f, path)
         if r.read(4) != b"GGUF":
@@ -88,10 +122,24 @@ def read_gguf_metadata(path: str | Path) -> dict[str, Any]:
         version = r.unpack("<I")
         if version < 2:
             raise ModelLoadError(f"{path} uses GGUF version {version}, which is too old.", path=str(path))
-        r.unpack("<Q")  # tensor count
+        n_tensors = r.unpack("<Q")
         n_kv = r.unpack("<Q")
         meta: dict[str, Any] = {"GGUF.version": version}
         for _ in range(n_kv):
             key = r.string()
             meta[key] = r.value(r.unpack("<I"))
-    return meta
+        tensors: list[TensorInfo] = []
+        if with_tensors:
+            for _ in range(n_tensors):
+                name = r.string()
+                n_dims = r.unpack("<I")
+                if n_dims > _MAX_DIMS:
+                    raise ModelLoadError(
+                        f"{path} has a corrupt GGUF header (tensor {name!r} with {n_dims} dimensions).",
+                        path=str(path),
+                    )
+                shape = tuple(r.unpack("<Q") for _ in range(n_dims))
+                ggml_type = r.unpack("<I")
+                r.unpack("<Q")  # data offset
+                tensors.append(TensorInfo(name, shape, ggml_type))
+    return meta, tensors
