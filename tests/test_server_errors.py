@@ -39,7 +39,7 @@ def no_eos(engine) -> dict[str, int]:
     return {str(i): -100 for i in ids}
 
 
-def wait_idle(engine, timeout: float = 10.0) -> float:
+def wait_idle(engine, timeout: float = 20.0) -> float:
     """Seconds until the engine has nothing running or queued (fails after ``timeout``)."""
     start = time.monotonic()
     while time.monotonic() - start < timeout:
@@ -115,10 +115,66 @@ def test_sdk_raises_bad_request(openai_client) -> None:
     assert e.value.param == "temperature"
 
 
-def test_image_to_text_only_model_is_400(http) -> None:
-    part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
-    body = {"model": MODEL, "max_tokens": 1, "messages": [{"role": "user", "content": [part]}]}
-    error = assert_openai_error(http.post("/v1/chat/completions", json=body), 400, param="messages")
+def png_data_url(size: tuple[int, int] = (32, 32)) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", size, (200, 30, 30)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def image_message(url: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"}, image_part(url)]}]
+
+
+def image_part(url: str) -> dict:
+    return {"type": "image_url", "image_url": {"url": url, "detail": "auto"}}
+
+
+def test_image_is_accepted_by_a_vision_model(openai_client, engine) -> None:
+    assert engine.info.vision  # the session engine carries the tiny test projector
+    text_only = [{"role": "user", "content": "What is this?"}]
+    plain = openai_client.chat.completions.create(model=MODEL, messages=text_only, max_tokens=1)
+    r = openai_client.chat.completions.create(model=MODEL, messages=image_message(png_data_url()), max_tokens=1)
+    assert r.usage.prompt_tokens > plain.usage.prompt_tokens  # the image's tokens are in the prompt
+
+
+def test_bad_images_are_400(http) -> None:
+    for url in ("data:image/png;base64,iVBORw0KGgo=", "data:image/png;base64,%%%", "ftp://example.com/a.png"):
+        body = {"model": MODEL, "max_tokens": 1, "messages": image_message(url)}
+        error = assert_openai_error(http.post("/v1/chat/completions", json=body), 400, param="messages[0].content[1]")
+        assert error["code"] == "invalid_image"
+    # Remote URLs are not fetched unless the server allows it (off by default).
+    body = {"model": MODEL, "max_tokens": 1, "messages": image_message("https://example.com/cat.png")}
+    assert_openai_error(http.post("/v1/chat/completions", json=body), 400, code="invalid_image")
+
+
+class _TextOnly:
+    """The session engine, presented as a model without a vision projector."""
+
+    def __init__(self, engine) -> None:
+        import dataclasses
+
+        self._engine = engine
+        self.info = dataclasses.replace(engine.info, vision=False)
+
+    def __getattr__(self, name: str):
+        return getattr(self._engine, name)
+
+
+def test_image_to_text_only_model_is_400(engine) -> None:
+    from gemma_local.server import create_app
+
+    server = LiveServer(create_app(_TextOnly(engine), server_settings()))
+    try:
+        body = {"model": MODEL, "max_tokens": 1, "messages": image_message(png_data_url())}
+        r = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)
+    finally:
+        server.stop()
+    error = assert_openai_error(r, 400, param="messages")
     assert "image" in error["message"]
 
 
@@ -210,7 +266,7 @@ def test_queue_full_is_429_with_retry_after(http, engine, no_eos) -> None:
     assert error["type"] == "rate_limit_error"
     assert int(r.headers["retry-after"]) >= 1
     # Nothing submitted for the refused request is left running.
-    wait_idle(engine, timeout=5)
+    wait_idle(engine)
 
 
 def test_sdk_sees_rate_limit_error(openai_client, engine, no_eos) -> None:
@@ -219,7 +275,7 @@ def test_sdk_sees_rate_limit_error(openai_client, engine, no_eos) -> None:
         openai_client.chat.completions.create(
             model=MODEL, messages=HI, max_tokens=64, n=capacity + 1, logit_bias=no_eos
         )
-    wait_idle(engine, timeout=5)
+    wait_idle(engine)
 
 
 # --- 500: a real bug ---------------------------------------------------------------------------
@@ -262,8 +318,9 @@ def test_stream_disconnect_cancels_generation(live_server, engine, no_eos) -> No
             if received >= 3:
                 break
         assert engine.stats().active == 1
-    # Leaving the block closed the connection: the generation must stop at once, not run 1500 tokens.
-    assert wait_idle(engine, timeout=5) < 5
+    # Leaving the block closed the connection: the generation must stop at once, not run 1500 tokens
+    # (the generous limit is for a loaded CI machine; 1500 tokens take minutes there).
+    wait_idle(engine)
     start = time.monotonic()
     with httpx.Client(base_url=live_server.base_url, timeout=60) as client:
         ok = client.post("/v1/chat/completions", json={"model": MODEL, "messages": HI, "max_tokens": 1})
@@ -278,7 +335,7 @@ def test_non_streaming_disconnect_cancels_generation(live_server, engine, no_eos
         pytest.raises(httpx.ReadTimeout),
     ):
         client.post("/v1/chat/completions", json=body)
-    wait_idle(engine, timeout=5)
+    wait_idle(engine)
 
 
 def test_two_simultaneous_requests_both_complete(openai_client, engine, no_eos) -> None:
@@ -286,8 +343,11 @@ def test_two_simultaneous_requests_both_complete(openai_client, engine, no_eos) 
     errors: list[BaseException] = []
     peak = {"active": 0}
 
+    barrier = threading.Barrier(2)
+
     def run(i: int, stream: bool) -> None:
         try:
+            barrier.wait(10)
             if stream:
                 chunks = list(
                     openai_client.chat.completions.create(

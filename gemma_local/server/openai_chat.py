@@ -17,7 +17,6 @@ from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.errors import GemmaLocalError
 from gemma_local.server.auth import require_api_key
 from gemma_local.server.errors import error_body
-from gemma_local.server.images import image_from_url
 from gemma_local.server.openai_chat_schemas import (
     AssistantMessage,
     ChatCompletion,
@@ -73,7 +72,7 @@ async def create_chat_completion(
     """Generate one or more answers to a conversation, whole or streamed."""
     generation = await pipeline.start(await to_pipeline_request(body, pipeline), request_record(request))
     if body.stream:
-        return sse_response(stream_chunks(generation, body))
+        return sse_response(stream_chunks(generation, body), on_close=generation.cancel)
     outcome = await until_disconnected(request, generation.result())
     return JSONResponse(to_chat_completion(outcome, logprobs=bool(body.logprobs)).model_dump(mode="json"))
 
@@ -109,8 +108,7 @@ async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) ->
     elif message.content is not None:
         for j, part in enumerate(message.content):
             if isinstance(part, ImageURLPart):
-                pipeline.require_vision()
-                parts.append(await image_from_url(part.image_url.url, param=f"messages[{index}].content[{j}]"))
+                parts.append(await pipeline.image_from_url(part.image_url.url, param=f"messages[{index}].content[{j}]"))
             elif isinstance(part, RefusalPart):
                 parts.append(TextPart(part.refusal))
             else:

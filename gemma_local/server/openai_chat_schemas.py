@@ -59,7 +59,7 @@ def _check_part_types(value: Any, allowed: tuple[str, ...]) -> Any:
             if kind in _UNSUPPORTED_PARTS:
                 raise ValueError(f"content[{i}]: {_UNSUPPORTED_PARTS[kind]} is not supported by Gemma 3")
             if kind not in allowed:
-                raise ValueError(f"content[{i}]: unknown part type {kind!r}; use {' or '.join(allowed)}")
+                raise ValueError(f"content[{i}]: {kind!r} parts are not allowed here; use {' or '.join(allowed)}")
     return value
 
 

@@ -38,10 +38,12 @@ from gemma_local.engine import (
 from gemma_local.engine.scheduler import SchedulerStats
 from gemma_local.engine.types import TokenLogprob
 from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError, ModelCapabilityError
+from gemma_local.images import ImagePolicy, aimage_from_base64, aimage_from_url_or_data
 from gemma_local.server.errors import ClientDisconnectedError
 from gemma_local.server.metrics import ServerMetrics
 from gemma_local.server.middleware import RECORD_KEY, RequestRecord
 from gemma_local.server.model_ids import ServedModels
+from gemma_local.settings import ServerSettings
 
 #: The hosted API's default when a request gives no output limit.
 DEFAULT_MAX_TOKENS = 4096
@@ -298,13 +300,14 @@ class Pipeline:
     Args:
         engine: the loaded engine.
         metrics: where finished generations are counted.
-        max_output_tokens: the server's cap on output tokens per choice.
+        settings: the output cap (``max_output_tokens``) and the image limits are read.
     """
 
-    def __init__(self, engine: EngineLike, metrics: ServerMetrics, *, max_output_tokens: int) -> None:
+    def __init__(self, engine: EngineLike, metrics: ServerMetrics, settings: ServerSettings) -> None:
         self.engine = engine
         self.metrics = metrics
-        self.max_output_tokens = max_output_tokens
+        self.max_output_tokens = settings.max_output_tokens
+        self.image_policy = ImagePolicy.from_settings(settings)
         info = engine.info
         self.info = info
         self.models = ServedModels(engine.model_id, info.metadata)
@@ -329,6 +332,26 @@ class Pipeline:
                 "Serve a Gemma 3 4B, 12B or 27B model with its mmproj file.",
                 param="messages",
             )
+
+    async def image_from_url(self, url: str, *, param: str) -> ImagePart:
+        """An image given as a ``data:`` URI or an http(s) URL (fetched only if the settings allow).
+
+        Raises:
+            ModelCapabilityError: the loaded model cannot read images (checked first: no fetch).
+            ImageError: the image is unusable, too large, or its URL may not be fetched (400).
+        """
+        self.require_vision()
+        return await aimage_from_url_or_data(url, self.image_policy, param=param)
+
+    async def image_from_base64(self, data: str, media_type: str | None, *, param: str) -> ImagePart:
+        """An image given as base64 bytes (Anthropic's ``source.type: base64``).
+
+        Raises:
+            ModelCapabilityError: the loaded model cannot read images.
+            ImageError: the data is not a usable image (400).
+        """
+        self.require_vision()
+        return await aimage_from_base64(data, media_type, self.image_policy, param=param)
 
     def output_limit(self, requested: int | None) -> int:
         """Output tokens per choice: what was asked (default 4096), at most the server's cap."""

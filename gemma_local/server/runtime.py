@@ -47,7 +47,7 @@ class Runtime:
             if self.status == "closed":
                 return False
             self.engine = engine
-            self.pipeline = Pipeline(engine, self.metrics, max_output_tokens=self.settings.max_output_tokens)
+            self.pipeline = Pipeline(engine, self.metrics, self.settings)
             self.status = "ready"
             return True
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
 
 
 def _json(payload: BaseModel | dict[str, Any] | str) -> str:
@@ -28,11 +29,29 @@ def sse_event(event: str, payload: BaseModel | dict[str, Any] | str) -> bytes:
     return f"event: {event}\ndata: {_json(payload)}\n\n".encode()
 
 
-def sse_response(events: AsyncIterator[bytes]) -> StreamingResponse:
-    """Stream ``events``. A client disconnect cancels the iterator (and so its generation)."""
-    return StreamingResponse(
-        events,
-        media_type="text/event-stream",
-        # no-transform / X-Accel-Buffering: proxies must pass each event on at once.
-        headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
-    )
+class _EventStreamResponse(StreamingResponse):
+    def __init__(self, events: AsyncIterator[bytes], on_close: Callable[[], None] | None) -> None:
+        super().__init__(
+            events,
+            media_type="text/event-stream",
+            # no-transform / X-Accel-Buffering: proxies must pass each event on at once.
+            headers={"Cache-Control": "no-cache, no-transform", "X-Accel-Buffering": "no"},
+        )
+        self._on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # A client that leaves before the first event never starts the iterator, so its
+            # cleanup would never run: stop the generation here too.
+            if self._on_close is not None:
+                self._on_close()
+
+
+def sse_response(events: AsyncIterator[bytes], *, on_close: Callable[[], None] | None = None) -> StreamingResponse:
+    """Stream ``events``; ``on_close`` (e.g. ``generation.cancel``) runs when the response ends.
+
+    A client disconnect cancels the iterator at once (Starlette listens for it while streaming).
+    """
+    return _EventStreamResponse(events, on_close)
