@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors, open_engine
+from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.errors import GemmaLocalError
 
 
@@ -53,33 +54,70 @@ def _sampling(temperature: float, top_p: float, top_k: int, seed: int | None):
     return SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed)
 
 
+def _grounding_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--search", is_flag=True, help="Ground the answer in search results (local index, ZIM, online providers)."
+        ),
+        click.option("--disable-formatting", is_flag=True, help="With --search: no 'Sources' footer."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return search_options(func)
+
+
+def _search_chain(search: bool, flags: dict[str, Any]):
+    """The provider chain when --search is on (built once per command), else None."""
+    search_flags = {k: flags.pop(k) for k in ("search_providers", "searxng_url", "search_timeout") if k in flags}
+    if not search:
+        return None
+    from gemma_local.search import default_chain
+
+    return default_chain(search_settings(**search_flags))
+
+
 @main.command()
 @click.argument("prompt")
 @click.option("-s", "--system", help="System instructions (folded into the first user turn).")
+@click.option(
+    "-i",
+    "--image",
+    "images",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="An image to ask about (repeatable).",
+)
 @_sampling_options
+@_grounding_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with text, usage and timings.")
 @engine_options
 @friendly_errors
 def generate(
     prompt: str,
     system: str | None,
+    images: tuple[str, ...],
     max_tokens: int,
     temperature: float,
     top_p: float,
     top_k: int,
     seed: int | None,
     stop: tuple[str, ...],
+    search: bool,
+    disable_formatting: bool,
     as_json: bool,
     **engine_flags: Any,
 ) -> None:
     """Generate an answer to PROMPT and stream it to stdout (PROMPT '-' reads stdin)."""
-    from gemma_local.engine import ChatMessage, Finished, GenerationRequest, TextDelta
+    from gemma_local.engine import ChatMessage, Finished, GenerationRequest, TextDelta, TextPart
+    from gemma_local.images import image_from_path
 
     if prompt == "-":
         prompt = sys.stdin.read()
     if not prompt.strip():
         raise CliError("The prompt is empty.")
-    messages = ([ChatMessage.text("system", system)] if system else []) + [ChatMessage.text("user", prompt)]
+    chain = _search_chain(search, engine_flags)
+    parts = (*(image_from_path(p) for p in images), TextPart(prompt))
+    messages = ([ChatMessage.text("system", system)] if system else []) + [ChatMessage("user", parts)]
     request = GenerationRequest(
         messages=tuple(messages),
         sampling=_sampling(temperature, top_p, top_k, seed),
@@ -87,6 +125,12 @@ def generate(
         stop=tuple(stop),
     )
     with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
+        grounding = None
+        if chain is not None:
+            from gemma_local.grounding import ground
+
+            grounding = ground(request, engine, chain, disable_formatting=disable_formatting)
+            request = grounding.request
         stream = engine.submit(request)
         text: list[str] = []
         final: Finished | None = None
@@ -105,10 +149,13 @@ def generate(
         assert final is not None
         if final.finish_reason == "error":
             raise CliError(f"Generation failed: {final.error}")
+        footer = grounding.footer if grounding is not None else None
+        if footer and not as_json:
+            click.echo(footer, nl=False)
         if as_json:
             result = {
                 "model": engine.model_id,
-                "text": "".join(text),
+                "text": "".join(text) + (footer or ""),
                 "finish_reason": final.finish_reason,
                 "stop_sequence": final.stop_sequence,
                 "usage": {
@@ -127,6 +174,8 @@ def generate(
                     ),
                 },
             }
+            if grounding is not None:
+                result["search"] = grounding.metadata
             click.echo(json.dumps(result, ensure_ascii=False))
         else:
             click.echo("")
@@ -135,6 +184,7 @@ def generate(
 @main.command()
 @click.option("-s", "--system", help="System instructions for the whole session.")
 @_sampling_options
+@_grounding_options
 @engine_options
 @friendly_errors
 def chat(
@@ -145,15 +195,24 @@ def chat(
     top_k: int,
     seed: int | None,
     stop: tuple[str, ...],
+    search: bool,
+    disable_formatting: bool,
     **engine_flags: Any,
 ) -> None:
-    """Chat interactively. /reset clears the history, /exit quits, Ctrl-C stops an answer."""
-    from gemma_local.engine import ChatMessage, GenerationRequest, TextDelta
+    """Chat interactively. /image PATH attaches an image to your next message, /reset clears the
+    history, /exit quits, Ctrl-C stops an answer."""
+    from gemma_local.engine import ChatMessage, GenerationRequest, ImagePart, TextDelta, TextPart
+    from gemma_local.images import image_from_path
 
     history: list[ChatMessage] = []
+    pending_images: list[ImagePart] = []
     sampling = _sampling(temperature, top_p, top_k, seed)
+    chain = _search_chain(search, engine_flags)
     with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
-        click.echo(f"Chatting with {engine.model_id}. /reset clears the history, /exit quits.", err=True)
+        click.echo(
+            f"Chatting with {engine.model_id}. /image PATH attaches an image, /reset clears the history, /exit quits.",
+            err=True,
+        )
         while True:
             try:
                 line = click.prompt(">>>", prompt_suffix=" ", default="", show_default=False)
@@ -167,12 +226,29 @@ def chat(
                 return
             if line == "/reset":
                 history.clear()
+                pending_images.clear()
                 click.echo("(history cleared)", err=True)
                 continue
-            history.append(ChatMessage.text("user", line))
+            if line.startswith("/image"):
+                path = line.removeprefix("/image").strip()
+                try:
+                    pending_images.append(image_from_path(path))
+                except GemmaLocalError as e:
+                    click.echo(f"error: {e.message}", err=True)
+                    continue
+                click.echo(f"(image attached: {path})", err=True)
+                continue
+            history.append(ChatMessage("user", (*pending_images, TextPart(line))))
+            pending_images.clear()
             messages = ([ChatMessage.text("system", system)] if system else []) + history
             request = GenerationRequest(messages=tuple(messages), sampling=sampling, max_tokens=max_tokens, stop=stop)
+            footer = None
             try:
+                if chain is not None:
+                    from gemma_local.grounding import ground
+
+                    grounding = ground(request, engine, chain, disable_formatting=disable_formatting)
+                    request, footer = grounding.request, grounding.footer
                 stream = engine.submit(request)
             except GemmaLocalError as e:
                 history.pop()
@@ -187,6 +263,8 @@ def chat(
             except KeyboardInterrupt:
                 stream.cancel()
                 click.echo(" [stopped]", nl=False)
+            if footer:
+                click.echo(footer, nl=False)
             click.echo("")
             history.append(ChatMessage.text("assistant", "".join(answer)))
 

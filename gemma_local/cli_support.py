@@ -52,6 +52,12 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
             envvar="GEMMA_LOCAL_MODEL",
             help="Model name or GGUF path (default: the embedded Gemma 3 270M).",
         ),
+        click.option(
+            "--mmproj",
+            type=click.Path(dir_okay=False),
+            envvar="GEMMA_LOCAL_MMPROJ",
+            help="Vision projector GGUF (default: the one stored with the model).",
+        ),
         click.option("--ctx", type=click.IntRange(256, 131072), help="Context tokens per request slot."),
         click.option("--parallel", type=click.IntRange(1, 64), help="Requests generated at once."),
         click.option("--threads", type=click.IntRange(1, 512), help="CPU threads (default: physical cores)."),
@@ -122,4 +128,11 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         swa_full=settings.swa_full,
         gpu_layers=settings.gpu_layers if settings.gpu_layers is not None else chosen.gpu_layers,
     )
-    return Engine(resolved.path, params, max_queue=settings.max_queue, default_seed=settings.seed, model_id=resolved.id)
+    return Engine(
+        resolved.path,
+        params,
+        max_queue=settings.max_queue,
+        default_seed=settings.seed,
+        model_id=resolved.id,
+        mmproj_path=settings.mmproj or resolved.mmproj,
+    )

@@ -17,6 +17,7 @@ class EngineSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
 
     model: str | None = Field(None, description="Model name in the store, or a path to a GGUF file.")
+    mmproj: str | None = Field(None, description="Vision projector GGUF (default: the one stored with the model).")
     ctx: int | None = Field(None, ge=256, le=131072, description="Context tokens per request slot (default: planned).")
     parallel: int | None = Field(None, ge=1, le=64, description="Requests generated at once (default: planned).")
     threads: int | None = Field(None, ge=1, le=512, description="CPU threads (default: physical cores).")
