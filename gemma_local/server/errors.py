@@ -302,9 +302,12 @@ def error_response(exc: BaseException, path: str) -> JSONResponse:
 
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
-    if kind_of(exc) is ERROR_TABLE[BaseException] and not isinstance(exc, StarletteHTTPException):
-        logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(exc, request.url.path)
+    response = error_response(exc, request.url.path)
+    if response.status_code >= 500:
+        # Our own errors carry their explanation; anything else is a bug and needs its traceback.
+        traceback = None if isinstance(exc, GemmaLocalError | StarletteHTTPException) else exc
+        logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=traceback)
+    return response
 
 
 def install_error_handlers(app: FastAPI) -> None:

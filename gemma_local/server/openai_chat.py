@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextPart
+from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextPart, Usage
 from gemma_local.engine.types import ContentPart
 from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.errors import GemmaLocalError
@@ -173,12 +173,12 @@ def _logprobs(items: tuple[EngineLogprob, ...]) -> ChoiceLogprobs:
     )
 
 
-def _usage(outcome_usage: Any) -> CompletionUsage:
+def _usage(usage: Usage) -> CompletionUsage:
     return CompletionUsage(
-        prompt_tokens=outcome_usage.prompt_tokens,
-        completion_tokens=outcome_usage.completion_tokens,
-        total_tokens=outcome_usage.total_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=outcome_usage.cached_tokens),
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=usage.cached_tokens),
     )
 
 
