@@ -70,7 +70,7 @@ def test_import_refuses_what_it_cannot_load(files: dict[str, Path], tmp_path: Pa
     junk.write_text("<html>404</html>")
     result = run("models", "import", str(junk))
     assert (
-        result.exit_code == 1 and result.output == f"Error: {junk.resolve()} is not a GGUF file (wrong magic bytes).\n"
+        result.exit_code == 1 and result.output == f"Error: {junk.resolve()} is not a GGUF model file.\n"
     )
 
     result = run("models", "import", str(files["mmproj"]))

@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from gemma_local.engine.gguf_reader import ArrayInfo, read_gguf_metadata
+from gemma_local.gguf import ArrayInfo, read_gguf_metadata
 
 MIB = 1024 * 1024
 GIB = 1024 * MIB

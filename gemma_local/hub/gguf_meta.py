@@ -1,28 +1,19 @@
-"""Read a GGUF file's header and metadata (no tensors), for ``models show`` and import checks.
+"""What a GGUF file is, for ``models show`` and import checks (header parsing: ``gemma_local.gguf``).
 
-A small reader of our own: the ``gguf`` package is only a test dependency, and llama.cpp would
-map the whole model just to answer "what is this file?". Big arrays (the 262k-entry vocabulary)
-are skipped, keeping only their length. Format: https://github.com/ggml-org/ggml/blob/master/docs/gguf.md
+llama.cpp would map the whole model just to answer "what is this file?"; the header reader
+skips big arrays (the 262k-entry vocabulary), keeping only their length.
 """
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-from gemma_local.errors import StoreError
+from gemma_local.errors import ModelLoadError, StoreError
+from gemma_local.gguf import ArrayInfo, read_gguf_metadata
 
 __all__ = ["GgufInfo", "read_gguf"]
-
-_MAGIC = b"GGUF"
-_SCALARS: dict[int, str] = {
-    0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
-}  # fmt: skip
-_STRING, _ARRAY = 8, 9
-_KEEP_ARRAY = 16  # arrays longer than this keep only their length
-_MAX_STRING = 64 * 2**20  # a corrupt length must not make us allocate gigabytes
 
 # llama.cpp's `llama_ftype` (general.file_type) → the quant name users know.
 FILE_TYPES: dict[int, str] = {
@@ -32,14 +23,6 @@ FILE_TYPES: dict[int, str] = {
     26: "IQ3_S", 27: "IQ3_M", 28: "IQ2_S", 29: "IQ2_M", 30: "IQ4_XS", 31: "IQ1_M", 32: "BF16",
     36: "TQ1_0", 37: "TQ2_0", 38: "MXFP4_MOE",
 }  # fmt: skip
-
-
-@dataclass(frozen=True)
-class ArrayInfo:
-    """A metadata array too long to keep: its element type and length."""
-
-    type: int
-    length: int
 
 
 @dataclass(frozen=True)
@@ -110,65 +93,11 @@ def read_gguf(path: Path) -> GgufInfo:
         StoreError: not a GGUF file, or a truncated/corrupt header.
     """
     try:
-        with path.open("rb") as f:
-            if f.read(4) != _MAGIC:
-                raise StoreError(f"{path} is not a GGUF file (wrong magic bytes).", path=str(path))
-            (version,) = _unpack(f, "<I")
-            if version < 2:
-                raise StoreError(f"{path} is GGUF v{version}; only v2+ is supported.", path=str(path))
-            tensor_count, kv_count = _unpack(f, "<QQ")
-            metadata: dict[str, Any] = {}
-            for _ in range(kv_count):
-                key = _read_string(f)
-                (value_type,) = _unpack(f, "<I")
-                metadata[key] = _read_value(f, value_type)
-    except (struct.error, UnicodeDecodeError, ValueError) as e:
-        raise StoreError(f"{path} has a truncated or corrupt GGUF header ({e}).", path=str(path)) from e
+        metadata = read_gguf_metadata(path)
+    except ModelLoadError as e:
+        raise StoreError(e.message, path=str(path)) from e
     except OSError as e:
         raise StoreError(f"Cannot read {path}: {e.strerror or e}.", path=str(path)) from e
+    version = metadata.pop("GGUF.version")
+    tensor_count = metadata.pop("GGUF.tensor_count")
     return GgufInfo(str(path), version, tensor_count, metadata)
-
-
-def _unpack(f: BinaryIO, fmt: str) -> tuple:
-    size = struct.calcsize(fmt)
-    data = f.read(size)
-    if len(data) != size:
-        raise ValueError("unexpected end of file")
-    return struct.unpack(fmt, data)
-
-
-def _read_string(f: BinaryIO) -> str:
-    (length,) = _unpack(f, "<Q")
-    if length > _MAX_STRING:
-        raise ValueError(f"string of {length} bytes")
-    data = f.read(length)
-    if len(data) != length:
-        raise ValueError("unexpected end of file")
-    return data.decode("utf-8")
-
-
-def _read_value(f: BinaryIO, value_type: int) -> Any:
-    if value_type in _SCALARS:
-        return _unpack(f, _SCALARS[value_type])[0]
-    if value_type == _STRING:
-        return _read_string(f)
-    if value_type == _ARRAY:
-        item_type, length = _unpack(f, "<IQ")
-        if length <= _KEEP_ARRAY:
-            return [_read_value(f, item_type) for _ in range(length)]
-        _skip_array(f, item_type, length)
-        return ArrayInfo(item_type, length)
-    raise ValueError(f"unknown metadata type {value_type}")
-
-
-def _skip_array(f: BinaryIO, item_type: int, length: int) -> None:
-    if item_type in _SCALARS:
-        f.seek(struct.calcsize(_SCALARS[item_type]) * length, 1)
-        return
-    if item_type == _STRING:
-        for _ in range(length):
-            (n,) = _unpack(f, "<Q")
-            f.seek(n, 1)
-        return
-    for _ in range(length):  # arrays of arrays: rare, walk them
-        _read_value(f, item_type)

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from gemma_local.engine.gguf_reader import TensorInfo, read_gguf_tensors
 from gemma_local.errors import ModelLoadError
+from gemma_local.gguf import TensorInfo, read_gguf_tensors
 
 # Hidden sizes of the Gemma 3 family, to name the model a mismatched projector belongs to.
 _GEMMA3_BY_HIDDEN = {640: "270M", 1152: "1B", 2560: "4B", 3840: "12B", 5376: "27B"}

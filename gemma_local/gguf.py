@@ -1,9 +1,9 @@
-"""Read a GGUF file's metadata header without loading the model (fast, no llama.cpp).
+"""Read a GGUF file's header without loading the model (fast, no llama.cpp).
 
-Used by the memory planner (and ``models show``) to learn layer counts, heads, sliding window
-and context length before deciding how big a context to ask llama.cpp for. Large arrays (the
-262k-entry vocabulary) are skipped and reported by length only. ``read_gguf_tensors`` also
-lists the tensors (names, shapes, types), e.g. to check a vision projector before llama.cpp sees it.
+The one GGUF header reader, at the bottom of the package so every layer can use it: the memory
+planner (layer counts, heads, sliding window, context length), the model store (``models
+show``, ``import``) and the vision projector check (``read_gguf_tensors``). Large arrays (the
+262k-entry vocabulary) are skipped and reported by length only.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def _read_header(path: Path, *, with_tensors: bool) -> tuple[dict[str, Any], lis
             raise ModelLoadError(f"{path} uses GGUF version {version}, which is too old.", path=str(path))
         n_tensors = r.unpack("<Q")
         n_kv = r.unpack("<Q")
-        meta: dict[str, Any] = {"GGUF.version": version}
+        meta: dict[str, Any] = {"GGUF.version": version, "GGUF.tensor_count": n_tensors}
         for _ in range(n_kv):
             key = r.string()
             meta[key] = r.value(r.unpack("<I"))
