@@ -82,7 +82,7 @@ def test_cancelling_one_stream_leaves_the_others_untouched(engine) -> None:
 
 def test_queue_full_is_a_clear_busy_error(engine) -> None:
     stats = engine.stats()
-    capacity = stats.slots + engine._scheduler.max_queue
+    capacity = stats.slots + engine.stats().max_queue
     streams = [engine.submit(req("Count forever:", max_tokens=1000)) for _ in range(capacity)]
     try:
         with pytest.raises(ServerBusyError) as info:

@@ -259,7 +259,7 @@ def test_body_too_large(auth_server) -> None:
 
 def test_queue_full_is_429_with_retry_after(http, engine, no_eos) -> None:
     stats = engine.stats()
-    capacity = stats.slots + engine._scheduler.max_queue
+    capacity = stats.slots + engine.stats().max_queue
     body = {"model": MODEL, "messages": HI, "max_tokens": 64, "n": capacity + 4, "logit_bias": no_eos}
     r = http.post("/v1/chat/completions", json=body)
     error = assert_openai_error(r, 429, code="server_busy")
@@ -270,7 +270,7 @@ def test_queue_full_is_429_with_retry_after(http, engine, no_eos) -> None:
 
 
 def test_sdk_sees_rate_limit_error(openai_client, engine, no_eos) -> None:
-    capacity = engine.stats().slots + engine._scheduler.max_queue
+    capacity = engine.stats().slots + engine.stats().max_queue
     with pytest.raises(openai.RateLimitError):
         openai_client.chat.completions.create(
             model=MODEL, messages=HI, max_tokens=64, n=capacity + 1, logit_bias=no_eos

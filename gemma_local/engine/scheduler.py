@@ -119,6 +119,8 @@ class SchedulerStats:
     active: int
     queued: int
     n_ctx_per_slot: int
+    #: Requests allowed to wait for a slot; slots + max_queue is the most in flight at once.
+    max_queue: int = 0
 
 
 class Scheduler:
@@ -142,7 +144,7 @@ class Scheduler:
 
     def submit(self, request: GenerationRequest, prompt: Prompt, sampler: SamplerChain) -> GenerationStream:
         request_id = request.request_id or f"gen-{next(self._ids)}"
-        stream = GenerationStream(request_id, on_cancel=self._wake)
+        stream = GenerationStream(request_id, on_cancel=self._wake, prompt_tokens=len(prompt.tokens))
         job = Job(request=request, stream=stream, prompt_info=prompt, sampler=sampler, submitted_at=time.perf_counter())
         with self._cond:
             if self._closing:
@@ -163,6 +165,7 @@ class Scheduler:
                 active=len(self._active),
                 queued=len(self._pending),
                 n_ctx_per_slot=self.model.n_ctx_per_seq,
+                max_queue=self.max_queue,
             )
 
     def close(self, timeout: float | None = 10.0) -> None:

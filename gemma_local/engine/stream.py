@@ -20,8 +20,10 @@ from gemma_local.errors import GenerationError
 
 
 class GenerationStream:
-    def __init__(self, request_id: str, on_cancel: Callable[[], None]) -> None:
+    def __init__(self, request_id: str, on_cancel: Callable[[], None], prompt_tokens: int = 0) -> None:
         self.request_id = request_id
+        #: Tokens in the prompt (image soft tokens included), known before the first event.
+        self.prompt_tokens = prompt_tokens
         self._on_cancel = on_cancel
         self._lock = threading.Lock()
         self._sync_queue: queue.SimpleQueue[Event] = queue.SimpleQueue()
