@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors
+from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.settings import ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
@@ -53,6 +54,19 @@ def base_urls(host: str, port: int) -> tuple[str, str]:
 )
 @click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable).")
 @click.option("--max-output-tokens", type=click.IntRange(1, 131072), help="Cap on output tokens per answer. [8192]")
+@click.option(
+    "--allow-remote-images",
+    is_flag=True,
+    default=None,
+    help="Fetch http(s) image URLs in requests (public addresses only, size- and time-limited).",
+)
+@click.option(
+    "--allowed-image-host",
+    "allowed_image_hosts",
+    multiple=True,
+    help="A host remote images may come from even if it is private or loopback (repeatable).",
+)
+@search_options
 @engine_options
 @friendly_errors
 def serve(
@@ -61,6 +75,8 @@ def serve(
     api_key: str | None,
     cors_origins: tuple[str, ...],
     max_output_tokens: int | None,
+    allow_remote_images: bool | None,
+    allowed_image_hosts: tuple[str, ...],
     **engine_flags: Any,
 ) -> None:
     """Serve the model over HTTP as an OpenAI and Anthropic compatible API.
@@ -71,11 +87,22 @@ def serve(
     """
     from gemma_local.cli_support import open_engine
     from gemma_local.hub.resolve import resolve_model
+    from gemma_local.search import default_chain
     from gemma_local.server import create_app
 
-    flags = {"host": host, "port": port, "api_key": api_key, "max_output_tokens": max_output_tokens}
+    search_flags = {k: engine_flags.pop(k) for k in ("search_providers", "searxng_url", "search_timeout")}
+    search_chain = default_chain(search_settings(**search_flags))
+    flags = {
+        "host": host,
+        "port": port,
+        "api_key": api_key,
+        "max_output_tokens": max_output_tokens,
+        "allow_remote_images": allow_remote_images,
+    }
     if cors_origins:
         flags["cors_origins"] = list(cors_origins)
+    if allowed_image_hosts:
+        flags["allowed_image_hosts"] = list(allowed_image_hosts)
     settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     if engine_flags.get("model") is None:
         engine_flags["model"] = best_local_model()
@@ -98,7 +125,9 @@ def serve(
         if server is not None:
             server.should_exit = True
 
-    app = create_app(lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop)
+    app = create_app(
+        lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
+    )
     server = _announcing_server(app, settings.host, settings.port, resolved.id)
     server.run()
     if failures:

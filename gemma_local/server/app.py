@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gemma_local import __version__
+from gemma_local.search import ProviderChain
 from gemma_local.server import models_api, openai_chat, ops
 from gemma_local.server.errors import install_error_handlers
 from gemma_local.server.middleware import BodyLimitMiddleware, RequestLogMiddleware
@@ -42,6 +43,7 @@ def create_app(
     settings: ServerSettings | None = None,
     *,
     on_load_failure: Callable[[BaseException], None] | None = None,
+    search_chain: ProviderChain | None = None,
 ) -> FastAPI:
     """Build the server app around an engine, or around a function that loads one.
 
@@ -51,12 +53,14 @@ def create_app(
         settings: API key, CORS origins, output cap, body limit (default: from GEMMA_LOCAL_* env).
         on_load_failure: called (from the loading thread) when the factory raises, e.g. to stop
             the server; the app itself keeps answering 503 with the reason.
+        search_chain: the search hook's providers (default: built from GEMMA_LOCAL_* env on
+            first use).
 
     Returns:
         The app; its ``state.runtime`` holds the engine, the pipeline and the metrics.
     """
     settings = settings or ServerSettings()
-    runtime = Runtime(settings=settings)
+    runtime = Runtime(settings=settings, search_chain=search_chain)
     factory: EngineFactory | None = None
     if _is_engine(engine_or_factory):
         runtime.attach(engine_or_factory)  # type: ignore[arg-type]

@@ -198,6 +198,7 @@ def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCom
             for c in outcome.choices
         ],
         usage=_usage(outcome.usage),
+        search=outcome.grounding.metadata if outcome.grounding is not None else None,
     )
 
 
@@ -206,19 +207,30 @@ async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> 
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     want_logprobs = bool(body.logprobs)
 
-    def chunk(choices: list[ChunkChoice], usage: CompletionUsage | None = None) -> bytes:
+    def chunk(
+        choices: list[ChunkChoice], usage: CompletionUsage | None = None, search: dict[str, Any] | None = None
+    ) -> bytes:
         payload = ChatCompletionChunk(
-            id=generation.id, created=generation.created, model=generation.model, choices=choices, usage=usage
+            id=generation.id,
+            created=generation.created,
+            model=generation.model,
+            choices=choices,
+            usage=usage,
+            search=search,
         )
         data = payload.model_dump(mode="json")
         if not include_usage:
             del data["usage"]
+        if search is None:
+            del data["search"]
         return sse_data(data)
 
     try:
         # The role goes out once per choice: the SDK's helper concatenates repeated fields.
+        search = generation.grounding.metadata if generation.grounding is not None else None
         for i in range(generation.n):
-            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))])
+            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))], search=search)
+            search = None
         async for event in generation.events():
             if isinstance(event, ChoiceDelta):
                 if not event.text and not (want_logprobs and event.logprobs):

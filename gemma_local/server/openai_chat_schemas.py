@@ -216,6 +216,8 @@ class ChatCompletion(BaseModel):
     system_fingerprint: str | None = None
     choices: list[Choice]
     usage: CompletionUsage
+    #: gemma-local extension, with ``web_search_linkup``: provider, sources found/used, note.
+    search: dict[str, Any] | None = None
 
 
 class ChunkDelta(BaseModel):
@@ -245,3 +247,5 @@ class ChatCompletionChunk(BaseModel):
     system_fingerprint: str | None = None
     choices: list[ChunkChoice]
     usage: CompletionUsage | None = None
+    #: gemma-local extension on the first chunk, with ``web_search_linkup`` (see ChatCompletion).
+    search: dict[str, Any] | None = None

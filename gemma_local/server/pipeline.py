@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
-from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -38,12 +39,16 @@ from gemma_local.engine import (
 from gemma_local.engine.scheduler import SchedulerStats
 from gemma_local.engine.types import TokenLogprob
 from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError, ModelCapabilityError
+from gemma_local.grounding import Grounding, aground
 from gemma_local.images import ImagePolicy, aimage_from_base64, aimage_from_url_or_data
+from gemma_local.search import ProviderChain, default_chain
 from gemma_local.server.errors import ClientDisconnectedError
 from gemma_local.server.metrics import ServerMetrics
 from gemma_local.server.middleware import RECORD_KEY, RequestRecord
 from gemma_local.server.model_ids import ServedModels
 from gemma_local.settings import ServerSettings
+
+logger = logging.getLogger("gemma_local.server")
 
 #: The hosted API's default when a request gives no output limit.
 DEFAULT_MAX_TOKENS = 4096
@@ -62,9 +67,59 @@ class EngineLike(Protocol):
 
     def submit(self, request: GenerationRequest) -> GenerationStream: ...
 
+    def prompt_tokens(self, request: GenerationRequest) -> list[int]: ...
+
     def stats(self) -> SchedulerStats: ...
 
     def close(self) -> None: ...
+
+
+# --- tools and output formats, as every API's request is translated into ------------------
+
+
+@dataclass(frozen=True)
+class FunctionTool:
+    """A function the model may call (Chat ``tools[].function``, Responses' flat function tools,
+    Anthropic ``tools`` with ``input_schema``)."""
+
+    name: str
+    description: str | None = None
+    #: JSON Schema of the arguments object (None: any object).
+    parameters: dict[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class NamedToolChoice:
+    """The model must call this tool."""
+
+    name: str
+
+
+#: ``auto``: the model decides; ``none``: no calls; ``required``: at least one call (any tool).
+ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
+
+
+@dataclass(frozen=True)
+class OutputFormat:
+    """Structured output: Chat ``response_format``, Responses ``text.format``, Anthropic
+    ``output_config.format``."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    schema: dict[str, Any] | None = None
+    name: str | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call the model made (or a replayed one, from the conversation)."""
+
+    #: ``call_…``; each API derives its own item ids (``fc_…``, ``toolu_…``) from it.
+    id: str
+    name: str
+    #: The arguments: a JSON object, serialized.
+    arguments: str
 
 
 @dataclass(frozen=True)
@@ -78,8 +133,10 @@ class PipelineRequest:
         generation: messages, sampling, stop sequences, logprobs; ``max_tokens`` is what the
             client asked for (None: the hosted default, 4096), capped by the server.
         n: independent choices for the same prompt (seeds ``seed``, ``seed+1``, …).
-        web_search: ``web_search_linkup`` (accepted now; the search hook gives it effect).
+        web_search: ``web_search_linkup``: ground the answer in search results (see ``grounding``).
         disable_formatting: no "Sources" footer on web-search answers.
+        tools: functions the model may call; ``tool_choice`` says whether it must.
+        output_format: structured output (None or type ``text``: free text).
     """
 
     endpoint: str
@@ -89,6 +146,9 @@ class PipelineRequest:
     n: int = 1
     web_search: bool = False
     disable_formatting: bool = False
+    tools: tuple[FunctionTool, ...] = ()
+    tool_choice: ToolChoice = "auto"
+    output_format: OutputFormat | None = None
 
 
 @dataclass(frozen=True)
@@ -101,17 +161,29 @@ class ChoiceDelta:
 
 
 @dataclass(frozen=True)
+class ChoiceToolCall:
+    """Choice ``index`` made a whole function call (it comes after the choice's text deltas)."""
+
+    index: int
+    call: ToolCall
+
+
+#: ``tool_calls``: the choice ended by calling functions (its ``ChoiceToolCall`` events).
+PipelineFinishReason = Literal["stop", "length", "tool_calls"]
+
+
+@dataclass(frozen=True)
 class ChoiceEnd:
     """Choice ``index`` is complete."""
 
     index: int
-    finish_reason: Literal["stop", "length"]
+    finish_reason: PipelineFinishReason
     stop_sequence: str | None
     usage: Usage
     timings: Timings
 
 
-ChoiceEvent = ChoiceDelta | ChoiceEnd
+ChoiceEvent = ChoiceDelta | ChoiceToolCall | ChoiceEnd
 
 
 @dataclass(frozen=True)
@@ -120,10 +192,11 @@ class ChoiceResult:
 
     index: int
     text: str
-    finish_reason: Literal["stop", "length"]
+    finish_reason: PipelineFinishReason
     stop_sequence: str | None
     usage: Usage
     logprobs: tuple[TokenLogprob, ...] = ()
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -135,6 +208,8 @@ class GenerationOutcome:
     created: int
     choices: tuple[ChoiceResult, ...]
     usage: Usage
+    #: Set when the request asked for the search hook (``web_search_linkup``).
+    grounding: Grounding | None = None
 
 
 def combine_usage(usages: Sequence[Usage]) -> Usage:
@@ -163,8 +238,11 @@ class Generation:
         streams: list[GenerationStream],
         metrics: ServerMetrics,
         record: RequestRecord | None,
+        grounding: Grounding | None = None,
     ) -> None:
         self.id = request.request_id
+        #: The search hook's sources, footer and metadata (None unless web search was asked).
+        self.grounding = grounding
         self.model = request.model
         self.created = int(time.time())
         self.n = len(streams)
@@ -174,6 +252,11 @@ class Generation:
         self._record = record
         self._progress = _Progress()
         self._consumed = False
+
+    @property
+    def prompt_tokens(self) -> int:
+        """Tokens in the prompt (images included), known before the first event."""
+        return self._streams[0].prompt_tokens if self._streams else 0
 
     @property
     def usage(self) -> Usage:
@@ -219,6 +302,9 @@ class Generation:
                     yield ChoiceDelta(index=index, text=event.text, logprobs=event.logprobs)
                     continue
                 end = self._end(index, event)
+                if self.grounding is not None and self.grounding.footer:
+                    # The "Sources" footer is the answer's last text, streamed or not.
+                    yield ChoiceDelta(index=index, text=self.grounding.footer)
                 self._progress.ends[index] = end
                 yield end
         finally:
@@ -231,11 +317,14 @@ class Generation:
         """Wait for every choice and return them whole."""
         texts: dict[int, list[str]] = {i: [] for i in range(self.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.n)}
+        calls: dict[int, list[ToolCall]] = {i: [] for i in range(self.n)}
         ends: dict[int, ChoiceEnd] = {}
         async for event in self.events():
             if isinstance(event, ChoiceDelta):
                 texts[event.index].append(event.text)
                 logprobs[event.index].extend(event.logprobs)
+            elif isinstance(event, ChoiceToolCall):
+                calls[event.index].append(event.call)
             else:
                 ends[event.index] = event
         choices = tuple(
@@ -246,10 +335,18 @@ class Generation:
                 stop_sequence=ends[i].stop_sequence,
                 usage=ends[i].usage,
                 logprobs=tuple(logprobs[i]),
+                tool_calls=tuple(calls[i]),
             )
             for i in range(self.n)
         )
-        return GenerationOutcome(id=self.id, model=self.model, created=self.created, choices=choices, usage=self.usage)
+        return GenerationOutcome(
+            id=self.id,
+            model=self.model,
+            created=self.created,
+            choices=choices,
+            usage=self.usage,
+            grounding=self.grounding,
+        )
 
     def _end(self, index: int, event: Finished) -> ChoiceEnd:
         self._metrics.observe_generation(self._endpoint, event.finish_reason, event.usage, event.timings)
@@ -303,8 +400,15 @@ class Pipeline:
         settings: the output cap (``max_output_tokens``) and the image limits are read.
     """
 
-    def __init__(self, engine: EngineLike, metrics: ServerMetrics, settings: ServerSettings) -> None:
+    def __init__(
+        self,
+        engine: EngineLike,
+        metrics: ServerMetrics,
+        settings: ServerSettings,
+        search_chain: ProviderChain | None = None,
+    ) -> None:
         self.engine = engine
+        self._search_chain = search_chain
         self.metrics = metrics
         self.max_output_tokens = settings.max_output_tokens
         self.image_policy = ImagePolicy.from_settings(settings)
@@ -374,10 +478,40 @@ class Pipeline:
             isinstance(part, ImagePart) for message in request.generation.messages for part in message.content
         ):
             self.require_vision()
+        grounding = None
+        if request.web_search:
+            grounding = await aground(
+                request.generation, self.engine, self.search_chain(), disable_formatting=request.disable_formatting
+            )
+            request = replace(request, generation=grounding.request)
         requests = self._choice_requests(request)
         # Tokenizing a long prompt takes a while: keep it off the event loop.
         streams = await anyio.to_thread.run_sync(self._submit_all, requests)
-        return Generation(request, streams, self.metrics, record)
+        return Generation(request, streams, self.metrics, record, grounding)
+
+    def search_chain(self) -> ProviderChain:
+        """The search providers, built on first use from ``GEMMA_LOCAL_*`` settings unless given.
+
+        A misconfiguration (an unknown provider name) leaves an empty chain: the hook then
+        answers without sources and says why, as it does for any search trouble.
+        """
+        if self._search_chain is None:
+            try:
+                self._search_chain = default_chain()
+            except GemmaLocalError as e:
+                logger.warning("search hook disabled: %s", e.message)
+                self._search_chain = ProviderChain([])
+        return self._search_chain
+
+    async def count_tokens(self, request: PipelineRequest) -> int:
+        """Prompt tokens of ``request`` exactly as :meth:`start` would submit it (images included).
+
+        Raises:
+            ModelNotFoundError, ChatFormatError, ModelCapabilityError: as :meth:`start`.
+        """
+        self.check_model(request.model)
+        generation = self._choice_requests(request)[0]
+        return len(await anyio.to_thread.run_sync(self.engine.prompt_tokens, generation))
 
     def _choice_requests(self, request: PipelineRequest) -> list[GenerationRequest]:
         base = request.generation

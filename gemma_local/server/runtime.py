@@ -10,6 +10,7 @@ from typing import Literal
 from fastapi import Request
 
 from gemma_local.errors import ModelLoadError
+from gemma_local.search import ProviderChain
 from gemma_local.server.errors import EngineNotReadyError
 from gemma_local.server.metrics import ServerMetrics
 from gemma_local.server.pipeline import EngineLike, Pipeline
@@ -28,6 +29,7 @@ class Runtime:
     pipeline: Pipeline | None = None
     error: BaseException | None = None
     owns_engine: bool = False
+    search_chain: ProviderChain | None = None
     metrics: ServerMetrics = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -47,7 +49,7 @@ class Runtime:
             if self.status == "closed":
                 return False
             self.engine = engine
-            self.pipeline = Pipeline(engine, self.metrics, self.settings)
+            self.pipeline = Pipeline(engine, self.metrics, self.settings, self.search_chain)
             self.status = "ready"
             return True
 
