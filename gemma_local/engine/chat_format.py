@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gemma_local.engine.tools import render_tool_calls
 from gemma_local.engine.types import ChatMessage, ImagePart, TextPart
 from gemma_local.errors import ChatFormatError
 
@@ -88,6 +89,9 @@ def _merge_turns(messages: tuple[ChatMessage, ...]) -> list[_Turn]:
             continue
         role = _gemma_role(message.role)
         parts = _tool_output_parts(message) if message.role == "tool" else list(message.content)
+        if message.tool_calls:
+            # A replayed assistant turn shows the model its own calls, in the format it writes them.
+            parts.append(TextPart(render_tool_calls(message.tool_calls)))
         if role == "user" and pending_system:
             # Gemma has no system role: instructions lead the next user turn.
             parts = [TextPart("\n\n".join(pending_system)), *parts]

@@ -17,8 +17,9 @@ Supported (each one tested against the real llama.cpp grammar engine):
   included, as long as the recursion passes through an object or array).
 - objects: ``properties``, ``required``, ``additionalProperties`` (false, true or a schema).
   Properties come out in declared order; optional ones may be left out; no undeclared keys
-  are written when ``properties`` is given. An object with neither is any JSON object, one
-  with only an ``additionalProperties`` schema is a map of such values.
+  are written when ``properties`` is given (``"properties": {}`` means ``{}``). An object
+  with neither is any JSON object, one with only an ``additionalProperties`` schema is a map
+  of such values.
 - arrays: ``items``, ``prefixItems`` (a fixed tuple), ``minItems``, ``maxItems``,
   ``uniqueItems: false``.
 - strings: ``minLength``/``maxLength``, ``pattern`` (see :mod:`gbnf_regex`), ``format``
@@ -489,7 +490,9 @@ class _SchemaVisitor:
                 kv = f'{self.b.primitive("json-string")} ":" ws {value}'
                 self.b.primitive("ws")
                 return self.b.rule(hint, f'"{{" ws ( {kv} ( "," ws {kv} )* ws )? "}}"')
-            if extra is False:
+            if extra is False or "properties" in schema:
+                # Declared properties only, and there are none (a tool without arguments).
+                self.b.primitive("ws")
                 return self.b.rule(hint, '"{" ws "}"')
             return self.b.primitive("json-object")
         self.b.primitive("ws")

@@ -7,8 +7,9 @@ the benchmarks only ever see these types, whatever scheduler runs behind them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,11 +37,35 @@ ContentPart = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A function call the model made (see ``gemma_local.engine.tools`` for the format)."""
+
+    #: ``call_`` + 24 letters/digits; :meth:`id_for` gives the same id with another API's prefix.
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    @property
+    def arguments_json(self) -> str:
+        """The arguments as the JSON string Chat and Responses put in ``arguments``."""
+        return json.dumps(self.arguments, ensure_ascii=False)
+
+    def id_for(self, prefix: str) -> str:
+        """This call's id under another prefix: ``toolu_`` (Anthropic), ``fc_`` (Responses items)."""
+        return prefix + self.id.split("_", 1)[-1]
+
+    def __hash__(self) -> int:  # the arguments dict is not hashable; its JSON text is
+        return hash((self.id, self.name, self.arguments_json))
+
+
+@dataclass(frozen=True)
 class ChatMessage:
     """One turn of a conversation, independent of any API's wire format."""
 
     role: Role
     content: tuple[ContentPart, ...]
+    #: Calls an ``assistant`` turn made; rendered back in the call format when the history is replayed.
+    tool_calls: tuple[ToolCall, ...] = ()
 
     @classmethod
     def text(cls, role: Role, text: str) -> ChatMessage:
