@@ -35,6 +35,7 @@ from gemma_local.server.openai_chat_schemas import (
     ToolCall,
     TopLogprob,
 )
+from gemma_local.server.openapi import sse_event_schema
 from gemma_local.server.pipeline import (
     ChoiceDelta,
     Generation,
@@ -62,7 +63,7 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
         200: {
             "description": "A chat.completion object; with `stream: true`, server-sent events instead: "
             "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": sse_event_schema(ChatCompletionChunk, done="[DONE]")}},
         }
     },
 )

@@ -6,23 +6,29 @@ accept ``null`` as "use the default". The defaults and ranges are the hosted Gem
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    GetJsonSchemaHandler,
     ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 # --- request ---------------------------------------------------------------------------------
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    # Strict: JSON types as the schema says them (no "0.5" or false for a number, no 1 for a
+    # boolean), so what /openapi.json calls invalid is refused with a 400, never guessed at.
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 class TextPart(_Request):
@@ -56,6 +62,8 @@ def _check_part_types(value: Any, allowed: tuple[str, ...]) -> Any:
     if isinstance(value, list):
         for i, part in enumerate(value):
             kind = part.get("type") if isinstance(part, dict) else None
+            if not isinstance(kind, str):
+                continue  # not a part at all (a dict as `type` is unhashable): the union's own error says so
             if kind in _UNSUPPORTED_PARTS:
                 raise ValueError(f"content[{i}]: {_UNSUPPORTED_PARTS[kind]} is not supported by Gemma 3")
             if kind not in allowed:
@@ -99,6 +107,62 @@ class ChatMessageParam(_Request):
             raise ValueError("tool messages need tool_call_id")
         return self
 
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        """Document what ``_parts`` and ``_by_role`` enforce: one variant per role, so /openapi.json
+        describes exactly the messages this server accepts."""
+        json_schema = handler(core_schema)
+        schema = handler.resolve_ref_schema(json_schema)
+        props = schema["properties"]
+        array = next(s for s in props["content"]["anyOf"] if s.get("type") == "array")
+        refs: dict[str, str] = array["items"]["discriminator"]["mapping"]
+
+        def content(*tags: str) -> dict[str, Any]:
+            items = {
+                "oneOf": [{"$ref": refs[t]} for t in tags],
+                "discriminator": {"propertyName": "type", "mapping": {t: refs[t] for t in tags}},
+            }
+            return {"anyOf": [{"type": "string"}, {"type": "array", "items": items}], "title": "Content"}
+
+        def variant(roles: list[str], fields: dict[str, Any], required: list[str]) -> dict[str, Any]:
+            return {
+                "type": "object",
+                "title": f"{roles[0].capitalize()}Message",
+                "properties": {"role": {"type": "string", "enum": roles}, "name": props["name"], **fields},
+                "required": ["role", *required],
+            }
+
+        assistant = variant(
+            ["assistant"],
+            {
+                "content": {"anyOf": [*content("text", "refusal")["anyOf"], {"type": "null"}], "title": "Content"},
+                "tool_calls": props["tool_calls"],
+                "refusal": props["refusal"],
+            },
+            [],
+        )
+        # Content may be left out (or null) only when the turn made tool calls or refused.
+        assistant["anyOf"] = [
+            {"required": ["content"], "properties": {"content": {"not": {"type": "null"}}}},
+            {"required": ["tool_calls"], "properties": {"tool_calls": {"type": "array", "minItems": 1}}},
+            {"required": ["refusal"], "properties": {"refusal": {"type": "string"}}},
+        ]
+        tool_call_id = {**props["tool_call_id"], "type": "string", "minLength": 1}
+        tool_call_id.pop("anyOf", None)
+        tool_call_id.pop("default", None)
+        variants = [
+            variant(["system", "developer"], {"content": content("text")}, ["content"]),
+            variant(["user"], {"content": content("text", "image_url")}, ["content"]),
+            assistant,
+            variant(["tool"], {"content": content("text"), "tool_call_id": tool_call_id}, ["content", "tool_call_id"]),
+        ]
+        description = schema.get("description")
+        schema.clear()
+        schema.update({"title": "ChatMessageParam", "oneOf": variants})
+        if description:
+            schema["description"] = description
+        return json_schema
+
 
 class StreamOptions(_Request):
     include_usage: bool | None = Field(None, description="Send a last chunk with the usage of the whole request.")
@@ -108,8 +172,20 @@ class StreamOptions(_Request):
 Float2 = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
+#: A token id as a ``logit_bias`` key: what the validator accepts is what the schema says.
+_TOKEN_ID = re.compile(r"^[0-9]+$")
+
+
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
+
+    model_config = ConfigDict(
+        # top_logprobs needs logprobs: true (the `_logprobs` validator), said in the schema too.
+        json_schema_extra={
+            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        }
+    )
 
     model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
     messages: list[ChatMessageParam] = Field(min_length=1)
@@ -131,7 +207,9 @@ class ChatCompletionRequest(_Request):
     logprobs: bool | None = Field(False, description="Return the log probability of each output token.")
     top_logprobs: int | None = Field(None, ge=0, le=20, description="Most likely alternatives per token.")
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None, description="Token id (as a string) → bias added to its logit."
+        None,
+        description="Token id (as a string) → bias added to its logit.",
+        json_schema_extra={"propertyNames": {"pattern": _TOKEN_ID.pattern}},
     )
     user: str | None = None
     web_search_linkup: bool | None = Field(
@@ -150,7 +228,8 @@ class ChatCompletionRequest(_Request):
     @classmethod
     def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for key in value or {}:
-            if not key.strip().lstrip("-").isdigit():
+            # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
+            if not _TOKEN_ID.fullmatch(key):
                 raise ValueError(f"keys must be token ids (integers as strings), got {key!r}")
         return value
 
