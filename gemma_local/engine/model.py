@@ -220,8 +220,20 @@ class LlamaModel:
     # --- tokens ----------------------------------------------------------------------------
 
     def tokenize(self, text: str, *, special: bool = False) -> list[int]:
-        """Tokenize without adding BOS. ``special`` parses control-token text as control tokens."""
-        data = text.encode("utf-8")
+        """Tokenize without adding BOS. ``special`` parses control-token text as control tokens.
+
+        Raises:
+            InvalidRequestError: the text is not valid Unicode (a lone UTF-16 surrogate, which
+                JSON's ``\\ud800`` escapes can carry) and so has no UTF-8 form to tokenize.
+        """
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise InvalidRequestError(
+                f"The text contains an unpaired UTF-16 surrogate ({text[e.start]!r} at character {e.start}), "
+                "which is not valid Unicode. Send valid UTF-8 text.",
+                code="invalid_text",
+            ) from e
         capacity = len(data) + 8
         buf = (llama_cpp.llama_token * capacity)()
         n = llama_cpp.llama_tokenize(self.vocab, data, len(data), buf, capacity, False, special)
