@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import llama_cpp
@@ -35,7 +36,7 @@ from gemma_local.engine.types import (
     Usage,
 )
 from gemma_local.engine.vision import EncodedImage
-from gemma_local.errors import EngineClosedError, GenerationError, ServerBusyError
+from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError, ServerBusyError
 
 logger = logging.getLogger("gemma_local.engine")
 
@@ -206,7 +207,7 @@ class Scheduler:
                 for done in clear_requests:
                     done.set()
             for job in admitted:
-                self._start(job)
+                self._isolated(job, self._start)
             self._reap_cancelled()
             if self._active:
                 try:
@@ -305,7 +306,7 @@ class Scheduler:
 
     def _step(self) -> None:
         for job in [j for j in self._active if j.prefilling and j.n_past in j.prompt_info.images]:
-            self._decode_image(job)
+            self._isolated(job, self._decode_image)
         batch = self._batch
         n_ctx = self.model.n_ctx_per_seq
         capacity = self.model.n_batch
@@ -359,7 +360,16 @@ class Scheduler:
             if job.out_index >= 0:
                 if not job.prompt_done_at:
                     job.prompt_done_at = now
-                self._sample(job)
+                self._isolated(job, self._sample)
+
+    def _isolated(self, job: Job, action: Callable[[Job], None]) -> None:
+        """Run one job's part of a step; if it raises, that job fails and the others go on."""
+        try:
+            action(job)
+        except Exception as e:
+            logger.exception("request %s failed", job.stream.request_id)
+            if job.stream.finished is None:
+                self._fail(job, e if isinstance(e, GemmaLocalError) else GenerationError(f"Generation failed: {e}"))
 
     def _decode_image(self, job: Job) -> None:
         """Decode one image's embeddings into the job's sequence, alone in its llama_decode call.
