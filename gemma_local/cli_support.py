@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from gemma_local.errors import GemmaLocalError
+from gemma_local.errors import GemmaLocalError, ModelLoadError
 from gemma_local.settings import EngineSettings
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
@@ -79,19 +79,51 @@ def engine_settings(**flags: Any) -> EngineSettings:
     return EngineSettings(**{k: v for k, v in flags.items() if k in names and v is not None})
 
 
-def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | None = None):
-    """The memory plan for this model under these settings (user choices kept, the rest fitted)."""
+def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | None = None, machine=None):
+    """The memory plan for this model under these settings (user choices kept, the rest fitted).
+
+    ``machine`` is the ``MachineMemory`` to plan for (default: this machine, detected now).
+    """
     from gemma_local.engine.planner import MachineMemory, ModelShape, plan
 
     return plan(
         ModelShape.from_gguf(model_path),
-        MachineMemory.detect(),
+        machine or MachineMemory.detect(),
         ctx=settings.ctx,
         parallel=settings.parallel or default_parallel,
         kv_type=settings.kv_type,
         swa_full=settings.swa_full,
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
+    )
+
+
+def check_memory(model_id: str, chosen: Any, machine: Any) -> None:
+    """Refuse a plan that needs more memory than the machine has at all.
+
+    llama.cpp would try anyway: the allocation either fails with a terse log line or, with
+    overcommit, succeeds and the kernel's OOM killer ends the process mid-load with no message.
+
+    Args:
+        model_id: the model, for the message.
+        chosen: the ``Plan`` from :func:`plan_for`.
+        machine: the ``MachineMemory`` it was planned for.
+
+    Raises:
+        ModelLoadError: the estimate exceeds physical RAM (plus the GPU's memory, if any).
+    """
+    from gemma_local.engine.planner import GIB
+
+    limit = machine.total_ram + (machine.vram_total or 0)
+    need = chosen.estimate.total
+    if need <= limit:
+        return
+    where = "RAM and GPU memory" if machine.vram_total else "RAM"
+    raise ModelLoadError(
+        f"Not enough memory to load {model_id} with {chosen.ctx} tokens × {chosen.parallel} slot(s) and a "
+        f"{chosen.kv_type} KV cache: that needs about {need / GIB:.1f} GiB and this machine has "
+        f"{limit / GIB:.1f} GiB of {where}. Use a smaller context (--ctx), fewer slots (--parallel), "
+        "--kv-type q8_0, or a smaller quantization or model (e.g. `gemma-local pull gemma-3-27b:q4_0`, gemma-3-4b)."
     )
 
 
@@ -104,10 +136,12 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         announce: print the chosen plan and why on stderr (``serve`` does).
     """
     from gemma_local.engine import ContextParams, Engine
+    from gemma_local.engine.planner import MachineMemory
     from gemma_local.hub.resolve import resolve_model
 
     resolved = resolve_model(settings.model)
-    chosen = plan_for(settings, resolved.path, default_parallel=default_parallel)
+    machine = MachineMemory.detect()
+    chosen = plan_for(settings, resolved.path, default_parallel=default_parallel, machine=machine)
     if announce:
         click.echo(
             f"Model {resolved.id}: {chosen.parallel} slot(s) × {chosen.ctx} tokens, {chosen.kv_type} KV cache, "
@@ -116,6 +150,7 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         )
         for reason in chosen.reasons:
             click.echo(f"  {reason}", err=True)
+    check_memory(resolved.id, chosen, machine)
     params = ContextParams(
         n_ctx_per_seq=chosen.ctx,
         n_seq=chosen.parallel,

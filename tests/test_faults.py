@@ -12,6 +12,12 @@
 from __future__ import annotations
 
 import json
+import os
+import queue
+import resource
+import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -222,3 +228,303 @@ def test_engine_fault_fails_only_its_own_request(live_server, engine, poisoned_s
         timeout=60,
     )
     assert ok.status_code == 200
+
+
+# --- a real `gemma-local serve` process ---------------------------------------------------------
+
+
+class ServeProcess:
+    """``python -m gemma_local serve`` on a free loopback port, its output read on threads."""
+
+    def __init__(self, *args: str, preexec_fn: Any = None) -> None:
+        cmd = [sys.executable, "-m", "gemma_local", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            preexec_fn=preexec_fn,
+        )
+        self.stdout: queue.Queue[str] = queue.Queue()
+        self.stderr_lines: list[str] = []
+        threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout.put), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr_lines.append), daemon=True).start()
+        self.base_url: str | None = None
+
+    @staticmethod
+    def _pump(pipe, sink) -> None:
+        for line in pipe:
+            sink(line.rstrip("\n"))
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.stderr_lines)
+
+    def wait_ready(self, timeout: float = 120.0) -> str:
+        """The server's root URL once /health answers 200."""
+        deadline = time.monotonic() + timeout
+        while self.base_url is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start (exit {self.proc.poll()}):\n{self.stderr}")
+            try:
+                line = self.stdout.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if line.startswith("Anthropic base_url: "):
+                self.base_url = line.removeprefix("Anthropic base_url: ").strip()
+        assert self.base_url.startswith("http://127.0.0.1:")
+        while True:
+            try:
+                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
+                    return self.base_url
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"the model did not load (exit {self.proc.poll()}):\n{self.stderr}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@contextmanager
+def serve_process(*args: str, preexec_fn: Any = None) -> Iterator[ServeProcess]:
+    server = ServeProcess(*args, preexec_fn=preexec_fn)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: Small and single-threaded: the test machine has two busy cores.
+SERVE_ARGS = ("--ctx", "1024", "--parallel", "2", "--threads", "1")
+GRACE_S = 6.0
+
+
+@dataclass
+class StreamResult:
+    events: list[dict[str, Any] | str] = field(default_factory=list)
+    first_event: threading.Event = field(default_factory=threading.Event)
+    ended_at: float | None = None
+    error: BaseException | None = None
+
+
+def stream_in_thread(base_url: str, body: dict[str, Any]) -> tuple[threading.Thread, StreamResult]:
+    result = StreamResult()
+
+    def run() -> None:
+        try:
+            with (
+                httpx.Client(base_url=base_url, timeout=120) as client,
+                client.stream("POST", "/v1/chat/completions", json=body) as r,
+            ):
+                assert r.status_code == 200, r.read()
+                for event in _sse_events(r):
+                    result.events.append(event)
+                    if isinstance(event, dict) and event.get("choices") and event["choices"][0]["delta"].get("content"):
+                        result.first_event.set()
+        except BaseException as e:
+            result.error = e
+        finally:
+            result.ended_at = time.monotonic()
+            result.first_event.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, result
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_gracefully(sig: signal.Signals, no_eos) -> None:
+    with serve_process(*SERVE_ARGS, "--shutdown-grace", str(GRACE_S)) as server:
+        base_url = server.wait_ready()
+        short = {"model": MODEL, "messages": HI, "max_tokens": 20, "stream": True, "logit_bias": no_eos}
+        endless = {**short, "max_tokens": 4000}
+        short_thread, short_result = stream_in_thread(base_url, short)
+        long_thread, long_result = stream_in_thread(base_url, endless)
+        assert short_result.first_event.wait(60) and long_result.first_event.wait(60)
+        assert short_result.ended_at is None, "the short stream must still be in flight at the signal"
+
+        server.proc.send_signal(sig)
+        signalled_at = time.monotonic()
+        # It stops accepting at once: no new connection, or a 503 on a kept-alive one.
+        time.sleep(0.5)
+        with pytest.raises(httpx.TransportError):
+            httpx.post(f"{base_url}/v1/chat/completions", json={**short, "stream": False}, timeout=5)
+
+        short_thread.join(GRACE_S + 30)
+        long_thread.join(GRACE_S + 30)
+        code = server.proc.wait(GRACE_S + 30)
+
+    assert short_result.error is None and long_result.error is None, (short_result.error, long_result.error)
+    # The short stream finished normally within the grace period.
+    assert short_result.events[-1] == "[DONE]"
+    finishes = [e["choices"][0]["finish_reason"] for e in short_result.events if isinstance(e, dict) and e["choices"]]
+    assert finishes[-1] == "length"
+    assert short_result.ended_at is not None and short_result.ended_at - signalled_at < GRACE_S
+    # The endless one was given the grace period, then ended with a clean error event (no [DONE]).
+    last = long_result.events[-1]
+    assert isinstance(last, dict) and last["error"]["code"] == "engine_closed", last
+    assert "[DONE]" not in long_result.events
+    assert long_result.ended_at is not None
+    assert GRACE_S - 1 <= long_result.ended_at - signalled_at <= GRACE_S + 20
+    assert code == 0, server.stderr
+    assert "Traceback" not in server.stderr
+
+
+# --- out of memory at load -------------------------------------------------------------------------
+
+
+def _limit_address_space() -> None:
+    # A safety net: even if every check failed, llama.cpp could not allocate more than this,
+    # so the test can never take the machine's memory (traffic and memory stay local and small).
+    limit = 6 * 1024**3
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def test_absurd_context_fails_with_a_clear_message() -> None:
+    # 32768 tokens × 64 slots with a full-size f16 cache: ~36 GiB for the 270M model.
+    args = ("--ctx", "32768", "--parallel", "64", "--swa-full", "--kv-type", "f16", "--threads", "1")
+    with serve_process(*args, preexec_fn=_limit_address_space) as server:
+        code = server.proc.wait(120)
+    assert code == 1, server.stderr
+    message = server.stderr
+    assert "Traceback" not in message
+    assert "memory" in message.lower()
+    assert "--ctx" in message and "quantization" in message
+
+
+def test_memory_check_refuses_before_loading(monkeypatch) -> None:
+    """On a machine too small for the plan, nothing is loaded: the error comes first."""
+    from click.testing import CliRunner
+
+    from gemma_local import cli_support
+    from gemma_local.cli import main
+    from gemma_local.engine import planner
+
+    small = planner.MachineMemory(total_ram=512 * 1024**2, available_ram=256 * 1024**2, gpu_backend=False)
+    monkeypatch.setattr(planner.MachineMemory, "detect", classmethod(lambda cls: small))
+
+    def must_not_load(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the engine must not be loaded when the plan cannot fit")
+
+    monkeypatch.setattr("gemma_local.engine.Engine", must_not_load)
+    settings = cli_support.engine_settings(ctx=32768, parallel=8, threads=1)
+    with pytest.raises(Exception) as e:
+        cli_support.open_engine(settings)
+    assert type(e.value).__name__ == "ModelLoadError"
+    assert "0.5 GiB of RAM" in str(e.value)
+    assert "--ctx" in str(e.value) and "smaller quantization" in str(e.value)
+    result = CliRunner().invoke(main, ["generate", "hi", "--ctx", "32768", "--parallel", "8", "--threads", "1"])
+    assert result.exit_code == 1
+    assert "Not enough memory" in result.output
+
+
+def test_weights_that_do_not_fit_suggest_a_smaller_quantization(monkeypatch, model_path) -> None:
+    import llama_cpp
+
+    from gemma_local.engine import model as model_module
+    from gemma_local.engine.model import ContextParams, LlamaModel
+    from gemma_local.errors import ModelLoadError
+
+    def out_of_memory(path, params):
+        # What llama.cpp does when it cannot allocate the weights: log why, return NULL.
+        model_module.llama_log._callback(
+            4, b"ggml_backend_cpu_buffer_type_alloc_buffer: failed to allocate buffer of size 2147483648\n", None
+        )
+        return None
+
+    monkeypatch.setattr(llama_cpp, "llama_model_load_from_file", out_of_memory)
+    with pytest.raises(ModelLoadError) as e:
+        LlamaModel(model_path, ContextParams(n_ctx_per_seq=512, n_threads=1))
+    assert "failed to allocate" in e.value.message
+    assert "smaller quantization" in e.value.message
+
+
+def test_context_that_does_not_fit_suggests_a_smaller_context(monkeypatch, model_path) -> None:
+    import llama_cpp
+
+    from gemma_local.engine import model as model_module
+    from gemma_local.engine.model import ContextParams, LlamaModel
+    from gemma_local.errors import ModelLoadError
+
+    def out_of_memory(model, params):
+        model_module.llama_log._callback(4, b"llama_init_from_model: failed to allocate KV cache buffer\n", None)
+        return None
+
+    monkeypatch.setattr(llama_cpp, "llama_init_from_model", out_of_memory)
+    with pytest.raises(ModelLoadError) as e:
+        LlamaModel(model_path, ContextParams(n_ctx_per_seq=512, n_threads=1))
+    assert "--ctx" in e.value.message and "smaller quantization" in e.value.message
+
+
+# --- a full queue -----------------------------------------------------------------------------------
+
+
+def test_full_queue_is_429_with_retry_after_in_every_api(live_server, engine, no_eos) -> None:
+    from test_hostile_inputs import APIS
+
+    stats = engine.stats()
+    capacity = stats.slots + stats.max_queue
+    occupy = {"model": MODEL, "messages": HI, "max_tokens": 2000, "stream": True, "logit_bias": no_eos}
+    stop = threading.Event()
+
+    def occupier() -> None:
+        with (
+            httpx.Client(base_url=live_server.base_url, timeout=120) as client,
+            client.stream("POST", "/v1/chat/completions", json=occupy) as r,
+        ):
+            for _ in r.iter_lines():
+                if stop.is_set():
+                    return
+
+    threads = [threading.Thread(target=occupier, daemon=True) for _ in range(capacity)]
+    for t in threads:
+        t.start()
+    try:
+        wait_until(lambda: engine.stats().active + engine.stats().queued >= capacity, 60, "a full engine")
+        for api in APIS:
+            if not api.served:
+                continue
+            r = httpx.post(f"{live_server.base_url}{api.path}", json=api.request("Hi"), timeout=60)
+            assert r.status_code == 429, (api.name, r.text)
+            assert int(r.headers["retry-after"]) >= 1
+            error = api.assert_error(r)
+            assert error["type"] == "rate_limit_error"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(60)
+    wait_idle(engine)
+
+
+def test_stopping_refuses_new_work_and_ends_what_runs(engine, no_eos) -> None:
+    """The two halves of a graceful stop, in process: 503 for new requests, then streams ended cleanly."""
+    from gemma_local.server import create_app
+
+    app = create_app(engine, server_settings())
+    runtime = app.state.runtime
+    server = LiveServer(app)
+    body = {"model": MODEL, "messages": HI, "max_tokens": 2000, "stream": True, "logit_bias": no_eos}
+    try:
+        thread, result = stream_in_thread(server.base_url, body)
+        assert result.first_event.wait(60)
+        runtime.stop_accepting()
+        refused = httpx.post(f"{server.base_url}/v1/chat/completions", json={**body, "stream": False}, timeout=30)
+        health = httpx.get(f"{server.base_url}/health", timeout=30)
+        assert result.ended_at is None  # the stream in flight goes on
+        assert runtime.end_in_flight() == 1
+        thread.join(30)
+    finally:
+        server.stop()
+    assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
+    assert "shutting down" in refused.json()["error"]["message"]
+    assert health.status_code == 503 and health.json()["status"] == "stopping"
+    assert result.error is None
+    last = result.events[-1]
+    assert isinstance(last, dict) and last["error"]["code"] == "engine_closed"
+    wait_idle(engine)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
+import signal
 import socket
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -14,6 +19,11 @@ from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.settings import ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
+
+#: Seconds answers in progress get to finish when the server is asked to stop.
+DEFAULT_SHUTDOWN_GRACE_S = 10.0
+#: After the grace period, how long uvicorn still waits before cancelling what is left.
+SHUTDOWN_BACKSTOP_S = 5.0
 
 
 def best_local_model() -> str | None:
@@ -66,6 +76,16 @@ def base_urls(host: str, port: int) -> tuple[str, str]:
     multiple=True,
     help="A host remote images may come from even if it is private or loopback (repeatable).",
 )
+@click.option(
+    "--shutdown-grace",
+    "shutdown_grace",
+    type=click.FloatRange(0, 3600),
+    default=DEFAULT_SHUTDOWN_GRACE_S,
+    show_default=True,
+    envvar="GEMMA_LOCAL_SHUTDOWN_GRACE",
+    help="Seconds answers in progress get to finish on Ctrl-C or SIGTERM before they are ended "
+    "[env: GEMMA_LOCAL_SHUTDOWN_GRACE].",
+)
 @search_options
 @engine_options
 @friendly_errors
@@ -77,6 +97,7 @@ def serve(
     max_output_tokens: int | None,
     allow_remote_images: bool | None,
     allowed_image_hosts: tuple[str, ...],
+    shutdown_grace: float,
     **engine_flags: Any,
 ) -> None:
     """Serve the model over HTTP as an OpenAI and Anthropic compatible API.
@@ -84,6 +105,10 @@ def serve(
     Point any SDK at it: OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=...) or
     Anthropic(base_url="http://127.0.0.1:8080", api_key=...). The model loads in the background;
     /health answers 503 until it is ready.
+
+    Ctrl-C or SIGTERM stops it gracefully: it stops accepting requests, lets answers in progress
+    finish for --shutdown-grace seconds, ends any still running with a clean error event, and
+    exits 0. A second Ctrl-C exits at once.
     """
     from gemma_local.cli_support import open_engine
     from gemma_local.hub.resolve import resolve_model
@@ -128,21 +153,61 @@ def serve(
     app = create_app(
         lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
     )
-    server = _announcing_server(app, settings.host, settings.port, resolved.id)
+    server = _announcing_server(app, settings.host, settings.port, resolved.id, shutdown_grace)
     server.run()
     if failures:
         error = failures[0]
         raise CliError(f"The model failed to load: {getattr(error, 'message', error)}") from error
 
 
-def _announcing_server(app: Any, host: str, port: int, model_id: str) -> Any:
-    """uvicorn's server, printing the base URLs once the socket is bound (port 0 included)."""
+def _announcing_server(app: Any, host: str, port: int, model_id: str, grace_s: float) -> Any:
+    """uvicorn's server, printing the base URLs once the socket is bound (port 0 included), and
+    stopping gracefully on SIGINT/SIGTERM (see :func:`serve`)."""
     import uvicorn  # here, not at import: every CLI command imports this module
+    from uvicorn.server import HANDLED_SIGNALS
 
-    # Our middleware logs one line per request, so uvicorn's access log is off.
-    config = uvicorn.Config(app, host=host, port=port, access_log=False, log_level="warning")
+    # Our middleware logs one line per request, so uvicorn's access log is off. uvicorn cancels
+    # whatever still runs a little after the grace period: a backstop, generations end at it.
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        timeout_graceful_shutdown=grace_s + SHUTDOWN_BACKSTOP_S,
+    )
+    runtime = app.state.runtime
 
     class AnnouncingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            # uvicorn's own version raises the signal again once shut down, so the process would
+            # die of it (exit 143, or a KeyboardInterrupt for Ctrl-C). A stop that was asked for
+            # and done cleanly is a success: exit 0.
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+        async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+            # uvicorn stops listening and waits for the connections in progress; meanwhile new
+            # requests on open connections get 503, and after the grace period every generation
+            # still running is ended, so its response finishes (with an error event) by itself.
+            runtime.stop_accepting()
+            in_flight = len(self.server_state.tasks)
+            if in_flight:
+                click.echo(f"gemma-local: stopping; {in_flight} request(s) get {grace_s:g}s to finish", err=True)
+            end_them = asyncio.get_running_loop().call_later(grace_s, _end_in_flight, runtime)
+            try:
+                await super().shutdown(sockets)
+            finally:
+                end_them.cancel()
+
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets)
             if self.should_exit or not self.servers:
@@ -155,3 +220,9 @@ def _announcing_server(app: Any, host: str, port: int, model_id: str) -> Any:
             click.echo(f"API docs: {anthropic_url}/docs", err=True)
 
     return AnnouncingServer(config)
+
+
+def _end_in_flight(runtime: Any) -> None:
+    ended = runtime.end_in_flight()
+    if ended:
+        logger.warning("shutdown grace period over: ended %d generation(s) still running", ended)

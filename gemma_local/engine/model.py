@@ -106,6 +106,11 @@ def check_gguf_file(path: Path) -> None:
         )
 
 
+def _ran_out_of_memory(log_lines: list[str]) -> bool:
+    # llama.cpp says so only in its log ("failed to allocate ... buffer", "unable to allocate").
+    return any("alloc" in line.lower() and ("fail" in line.lower() or "unable" in line.lower()) for line in log_lines)
+
+
 class LlamaModel:
     """A loaded model and its context. Not thread-safe: the scheduler thread owns decoding."""
 
@@ -128,7 +133,14 @@ class LlamaModel:
         with llama_log.capture() as load_log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)
         if not self.model:
-            raise ModelLoadError(self._failure(f"llama.cpp could not load {self.path}"), path=str(self.path))
+            message = self._failure(f"llama.cpp could not load {self.path}")
+            if _ran_out_of_memory(load_log):
+                message += (
+                    " The weights did not fit in memory: use a smaller quantization of the model "
+                    "(`gemma-local pull gemma-3-27b:q4_0`, or a smaller model such as gemma-3-4b), "
+                    "or offload fewer layers to the GPU (--gpu-layers)."
+                )
+            raise ModelLoadError(message, path=str(self.path))
         self.vocab = llama_cpp.llama_model_get_vocab(self.model)
         self.ctx = None
         try:

@@ -16,7 +16,7 @@ router = APIRouter(tags=["Operations"])
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "failed", "closed"]
+    status: Literal["ok", "loading", "failed", "stopping", "closed"]
     model: str | None = None
     slots: int | None = None
     active: int | None = None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import Request
 
+from gemma_local.engine import GenerationRequest, GenerationStream
 from gemma_local.errors import ModelLoadError
 from gemma_local.search import ProviderChain
 from gemma_local.server.errors import EngineNotReadyError
@@ -19,12 +21,43 @@ from gemma_local.settings import ServerSettings
 EngineFactory = Callable[[], EngineLike]
 
 
+class _TrackedEngine:
+    """The engine as the pipeline sees it: every stream it starts is remembered (weakly), so
+    that a shutdown whose grace period is over can end them all (:meth:`cancel_all`)."""
+
+    def __init__(self, engine: EngineLike) -> None:
+        self._engine = engine
+        self._streams: weakref.WeakSet[GenerationStream] = weakref.WeakSet()
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._engine, name)
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        stream = self._engine.submit(request)
+        with self._lock:
+            self._streams.add(stream)
+        return stream
+
+    def cancel_all(self) -> int:
+        """Cancel every stream still generating or waiting; return how many were."""
+        with self._lock:
+            running = [s for s in self._streams if s.finished is None]
+        for stream in running:
+            stream.cancel()
+        return len(running)
+
+
 @dataclass
 class Runtime:
-    """The app's mutable state. The engine loads on a background thread; routes check ``pipeline``."""
+    """The app's mutable state. The engine loads on a background thread; routes check ``pipeline``.
+
+    Status: ``loading`` → ``ready`` (or ``failed``) → ``stopping`` (shutdown began: new requests
+    get 503, those running go on) → ``closed``.
+    """
 
     settings: ServerSettings
-    status: Literal["loading", "ready", "failed", "closed"] = "loading"
+    status: Literal["loading", "ready", "failed", "stopping", "closed"] = "loading"
     engine: EngineLike | None = None
     pipeline: Pipeline | None = None
     error: BaseException | None = None
@@ -32,6 +65,7 @@ class Runtime:
     search_chain: ProviderChain | None = None
     metrics: ServerMetrics = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _tracked: _TrackedEngine | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self._stats)
@@ -46,10 +80,12 @@ class Runtime:
     def attach(self, engine: EngineLike) -> bool:
         """Serve ``engine``; False (and nothing attached) when the app has already shut down."""
         with self._lock:
-            if self.status == "closed":
+            if self.status in ("stopping", "closed"):
                 return False
             self.engine = engine
-            self.pipeline = Pipeline(engine, self.metrics, self.settings, self.search_chain)
+            self._tracked = _TrackedEngine(engine)
+            tracked: Any = self._tracked  # an EngineLike: everything but submit goes to the engine
+            self.pipeline = Pipeline(tracked, self.metrics, self.settings, self.search_chain)
             self.status = "ready"
             return True
 
@@ -58,6 +94,21 @@ class Runtime:
             self.error = error
             if self.status != "closed":
                 self.status = "failed"
+
+    def stop_accepting(self) -> None:
+        """Shutdown has begun: new requests are refused (503, Retry-After); running ones go on."""
+        with self._lock:
+            if self.status in ("loading", "ready"):
+                self.status = "stopping"
+
+    def end_in_flight(self) -> int:
+        """End every generation still running (the grace period is over); return how many.
+
+        Each ends the way the engine shutting down ends it: a streamed answer with the API's
+        error event, a whole one with a 503.
+        """
+        tracked = self._tracked
+        return tracked.cancel_all() if tracked is not None else 0
 
     def close(self) -> EngineLike | None:
         """Stop serving; return the engine for the caller to close when the app owns it."""
@@ -80,11 +131,11 @@ def get_pipeline(request: Request) -> Pipeline:
     """
     runtime = get_runtime(request)
     pipeline = runtime.pipeline
-    if pipeline is not None:
+    if pipeline is not None and runtime.status == "ready":
         return pipeline
     if runtime.status == "failed":
         # Not retryable: the server must be restarted with another model or settings.
         raise ModelLoadError(f"The model failed to load: {getattr(runtime.error, 'message', runtime.error)}")
-    if runtime.status == "closed":
+    if runtime.status in ("stopping", "closed"):
         raise EngineNotReadyError("The server is shutting down.")
     raise EngineNotReadyError()
