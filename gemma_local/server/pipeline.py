@@ -21,7 +21,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 import anyio.to_thread
 from starlette.requests import Request
@@ -37,7 +37,9 @@ from gemma_local.engine import (
     Usage,
 )
 from gemma_local.engine.scheduler import SchedulerStats
-from gemma_local.engine.types import TokenLogprob
+from gemma_local.engine.tools import NamedToolChoice as NamedToolChoice  # re-exported for the API modules
+from gemma_local.engine.tools import ToolChoice, ToolPlan, ToolSpec
+from gemma_local.engine.types import TokenLogprob, ToolCall
 from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError, ModelCapabilityError
 from gemma_local.grounding import Grounding, aground
 from gemma_local.images import ImagePolicy, aimage_from_base64, aimage_from_url_or_data
@@ -46,6 +48,7 @@ from gemma_local.server.errors import ClientDisconnectedError
 from gemma_local.server.metrics import ServerMetrics
 from gemma_local.server.middleware import RECORD_KEY, RequestRecord
 from gemma_local.server.model_ids import ServedModels
+from gemma_local.server.tooling import CallSplitter, OutputFormat, TextPiece, plan_generation
 from gemma_local.settings import ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
@@ -74,54 +77,6 @@ class EngineLike(Protocol):
     def close(self) -> None: ...
 
 
-# --- tools and output formats, as every API's request is translated into ------------------
-
-
-@dataclass(frozen=True)
-class FunctionTool:
-    """A function the model may call (Chat ``tools[].function``, Responses' flat function tools,
-    Anthropic ``tools`` with ``input_schema``)."""
-
-    name: str
-    description: str | None = None
-    #: JSON Schema of the arguments object (None: any object).
-    parameters: dict[str, Any] | None = None
-    strict: bool = False
-
-
-@dataclass(frozen=True)
-class NamedToolChoice:
-    """The model must call this tool."""
-
-    name: str
-
-
-#: ``auto``: the model decides; ``none``: no calls; ``required``: at least one call (any tool).
-ToolChoice = Literal["auto", "none", "required"] | NamedToolChoice
-
-
-@dataclass(frozen=True)
-class OutputFormat:
-    """Structured output: Chat ``response_format``, Responses ``text.format``, Anthropic
-    ``output_config.format``."""
-
-    type: Literal["text", "json_object", "json_schema"]
-    schema: dict[str, Any] | None = None
-    name: str | None = None
-    strict: bool = False
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """One function call the model made (or a replayed one, from the conversation)."""
-
-    #: ``call_…``; each API derives its own item ids (``fc_…``, ``toolu_…``) from it.
-    id: str
-    name: str
-    #: The arguments: a JSON object, serialized.
-    arguments: str
-
-
 @dataclass(frozen=True)
 class PipelineRequest:
     """One API request, translated: the conversation and options, and how many choices.
@@ -135,7 +90,8 @@ class PipelineRequest:
         n: independent choices for the same prompt (seeds ``seed``, ``seed+1``, …).
         web_search: ``web_search_linkup``: ground the answer in search results (see ``grounding``).
         disable_formatting: no "Sources" footer on web-search answers.
-        tools: functions the model may call; ``tool_choice`` says whether it must.
+        tools: functions the model may call; ``tool_choice`` says whether it must, and
+            ``parallel_tool_calls`` whether one answer may make several calls.
         output_format: structured output (None or type ``text``: free text).
     """
 
@@ -146,8 +102,9 @@ class PipelineRequest:
     n: int = 1
     web_search: bool = False
     disable_formatting: bool = False
-    tools: tuple[FunctionTool, ...] = ()
+    tools: tuple[ToolSpec, ...] = ()
     tool_choice: ToolChoice = "auto"
+    parallel_tool_calls: bool = True
     output_format: OutputFormat | None = None
 
 
@@ -239,6 +196,7 @@ class Generation:
         metrics: ServerMetrics,
         record: RequestRecord | None,
         grounding: Grounding | None = None,
+        tool_plan: ToolPlan | None = None,
     ) -> None:
         self.id = request.request_id
         #: The search hook's sources, footer and metadata (None unless web search was asked).
@@ -252,6 +210,9 @@ class Generation:
         self._record = record
         self._progress = _Progress()
         self._consumed = False
+        # JSON requested as the answer: a leading "{" is content, not a call without its fence.
+        bare_calls = request.output_format is None or request.output_format.response_schema is None
+        self._splitters = [CallSplitter(tool_plan, request.tools, bare_calls=bare_calls) for _ in streams]
 
     @property
     def prompt_tokens(self) -> int:
@@ -297,12 +258,19 @@ class Generation:
                 index, event = await queue.get()
                 if isinstance(event, BaseException):
                     raise event
+                splitter = self._splitters[index]
                 if isinstance(event, TextDelta):
                     self._progress.tokens_seen += event.n_tokens
-                    yield ChoiceDelta(index=index, text=event.text, logprobs=event.logprobs)
+                    for item in _choice_events(index, splitter.feed(event.text, event.logprobs)):
+                        yield item
                     continue
                 end = self._end(index, event)
-                if self.grounding is not None and self.grounding.footer:
+                for item in _choice_events(index, splitter.finish()):
+                    yield item
+                if splitter.made_calls:
+                    if end.finish_reason == "stop":
+                        end = replace(end, finish_reason="tool_calls")
+                elif self.grounding is not None and self.grounding.footer:
                     # The "Sources" footer is the answer's last text, streamed or not.
                     yield ChoiceDelta(index=index, text=self.grounding.footer)
                 self._progress.ends[index] = end
@@ -391,6 +359,15 @@ class Generation:
             record.tokens_per_s = usage.completion_tokens / generation_s
 
 
+def _choice_events(index: int, items: list[TextPiece | ToolCall]) -> list[ChoiceDelta | ChoiceToolCall]:
+    return [
+        ChoiceToolCall(index=index, call=item)
+        if isinstance(item, ToolCall)
+        else ChoiceDelta(index=index, text=item.text, logprobs=item.logprobs)
+        for item in items
+    ]
+
+
 class Pipeline:
     """The API-independent request path over one loaded engine.
 
@@ -466,7 +443,8 @@ class Pipeline:
 
         Raises:
             ModelNotFoundError: the model id is not served here (404).
-            ChatFormatError, ContextOverflowError, InvalidRequestError, ModelCapabilityError: 400.
+            ChatFormatError, ContextOverflowError, InvalidRequestError, ModelCapabilityError,
+            UnsupportedSchemaError (a tool's or the output format's schema): 400.
             ServerBusyError: the queue is full (429); no choice is left running.
             EngineClosedError: the engine is shutting down (503).
         """
@@ -484,10 +462,11 @@ class Pipeline:
                 request.generation, self.engine, self.search_chain(), disable_formatting=request.disable_formatting
             )
             request = replace(request, generation=grounding.request)
+        request, plan = self._plan(request)
         requests = self._choice_requests(request)
         # Tokenizing a long prompt takes a while: keep it off the event loop.
         streams = await anyio.to_thread.run_sync(self._submit_all, requests)
-        return Generation(request, streams, self.metrics, record, grounding)
+        return Generation(request, streams, self.metrics, record, grounding, plan)
 
     def search_chain(self) -> ProviderChain:
         """The search providers, built on first use from ``GEMMA_LOCAL_*`` settings unless given.
@@ -507,11 +486,23 @@ class Pipeline:
         """Prompt tokens of ``request`` exactly as :meth:`start` would submit it (images included).
 
         Raises:
-            ModelNotFoundError, ChatFormatError, ModelCapabilityError: as :meth:`start`.
+            ModelNotFoundError, ChatFormatError, ModelCapabilityError, UnsupportedSchemaError: as
+                :meth:`start`.
         """
         self.check_model(request.model)
+        request, _ = self._plan(request)
         generation = self._choice_requests(request)[0]
         return len(await anyio.to_thread.run_sync(self.engine.prompt_tokens, generation))
+
+    def _plan(self, request: PipelineRequest) -> tuple[PipelineRequest, ToolPlan | None]:
+        generation, plan = plan_generation(
+            request.generation,
+            request.tools,
+            request.tool_choice,
+            request.output_format,
+            parallel=request.parallel_tool_calls,
+        )
+        return replace(request, generation=generation), plan
 
     def _choice_requests(self, request: PipelineRequest) -> list[GenerationRequest]:
         base = request.generation
