@@ -51,6 +51,7 @@ class SamplerChain:
                 self._pre = _new_chain()
                 self._post = _new_chain()
                 self._add_transforms(self._pre, params, n_vocab=n_vocab)
+                self._has_pre = llama_cpp.llama_sampler_chain_n(self._pre) > 0
                 self._add_draw(self._post, params)
                 self._ids = np.arange(n_vocab, dtype=np.int32)
                 self._cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
@@ -113,10 +114,11 @@ class SamplerChain:
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self._n_vocab,))
         cand = self._cand
         cand["id"] = self._ids
-        cand["logit"] = logits
-        cand["p"] = 0.0
-        _apply(self._pre, cand)
-        transformed = cand["logit"].copy()
+        cand["logit"] = logits  # ("p" is only ever written by the samplers)
+        transformed = logits
+        if self._has_pre:
+            _apply(self._pre, cand)
+            transformed = cand["logit"].copy()
         token = self._draw(cand)
         if not self._allowed(token):
             token = self._redraw(transformed)
@@ -147,7 +149,6 @@ class SamplerChain:
         cand = self._cand
         cand["id"] = self._ids
         cand["logit"] = logits
-        cand["p"] = 0.0
         _apply(self._grammar, cand)
         if not np.isfinite(cand["logit"]).any():
             raise GenerationError("The output grammar allows no token at this point; generation cannot go on.")
