@@ -236,8 +236,10 @@ def test_engine_fault_fails_only_its_own_request(live_server, engine, poisoned_s
 class ServeProcess:
     """``python -m gemma_local serve`` on a free loopback port, its output read on threads."""
 
-    def __init__(self, *args: str, preexec_fn: Any = None) -> None:
-        cmd = [sys.executable, "-m", "gemma_local", "serve", "--host", "127.0.0.1", "--port", "0", *args]
+    def __init__(self, *args: str, preexec_fn: Any = None, host: str | None = "127.0.0.1") -> None:
+        # host None: no --host flag at all, the default bind.
+        hosting = ["--host", host] if host is not None else []
+        cmd = [sys.executable, "-m", "gemma_local", "serve", *hosting, "--port", "0", *args]
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             cmd,
@@ -292,8 +294,8 @@ class ServeProcess:
 
 
 @contextmanager
-def serve_process(*args: str, preexec_fn: Any = None) -> Iterator[ServeProcess]:
-    server = ServeProcess(*args, preexec_fn=preexec_fn)
+def serve_process(*args: str, preexec_fn: Any = None, host: str | None = "127.0.0.1") -> Iterator[ServeProcess]:
+    server = ServeProcess(*args, preexec_fn=preexec_fn, host=host)
     try:
         yield server
     finally:

@@ -106,6 +106,11 @@ def check_gguf_file(path: Path) -> None:
         )
 
 
+#: Markup tokens of Gemma 3 that are not "control" tokens, so llama.cpp would parse them in text.
+_MARKUP_TOKENS = frozenset({"<start_of_image>", "<end_of_image>", "[multimodal]"})
+_MARKUP_SPLIT = re.compile("(" + "|".join(re.escape(m) for m in sorted(_MARKUP_TOKENS)) + ")")
+
+
 def _ran_out_of_memory(log_lines: list[str]) -> bool:
     # llama.cpp says so only in its log ("failed to allocate ... buffer", "unable to allocate").
     return any("alloc" in line.lower() and ("fail" in line.lower() or "unable" in line.lower()) for line in log_lines)
@@ -271,7 +276,24 @@ class LlamaModel:
                     param="messages",
                 )
             else:
-                tokens.extend(self.tokenize(seg, special=False))
+                tokens.extend(self.tokenize_text(seg))
+        return tokens
+
+    def tokenize_text(self, text: str) -> list[int]:
+        """Tokens of text taken literally: it cannot produce a control token or a markup token.
+
+        Gemma's image markers are "user-defined" tokens, which llama.cpp matches in any text,
+        special parsing or not; only the renderer may place them (around an image's soft
+        tokens). In text they are spelled out: ``<`` and the rest tokenized apart.
+        """
+        if not any(marker in text for marker in _MARKUP_TOKENS):
+            return self.tokenize(text, special=False)
+        tokens: list[int] = []
+        for piece in _MARKUP_SPLIT.split(text):
+            if piece in _MARKUP_TOKENS:
+                tokens += self.tokenize(piece[:1]) + self.tokenize(piece[1:])
+            elif piece:
+                tokens += self.tokenize(piece)
         return tokens
 
     def token_bytes(self, token: int) -> bytes:
