@@ -9,6 +9,7 @@ against the engine that enforces them, not against a re-implementation.
 from __future__ import annotations
 
 import ctypes
+import random
 from pathlib import Path
 
 import llama_cpp
@@ -68,6 +69,56 @@ class GrammarProbe:
         arr = llama_cpp.llama_token_data_array(one.ctypes.data_as(llama_cpp.llama_token_data_p), 1, -1, False)
         llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
         return bool(np.isfinite(one[0]["logit"]))
+
+    def random_walk(self, grammar: str, rng: random.Random, max_steps: int = 400) -> str | None:
+        """A random text the grammar allows, built from single characters and a few JSON pieces.
+
+        At each step one allowed token is picked at random (closing quotes and brackets are
+        preferred in the second half, so walks tend to finish); returns None when the walk
+        gets no end within ``max_steps``.
+        """
+        ids, pieces = self._alphabet()
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, grammar.encode(), b"root")
+        if not sampler:
+            raise ValueError("grammar does not compile")
+        out: list[str] = []
+        try:
+            for step in range(max_steps):
+                cand = np.zeros(len(ids) + 1, dtype=_TOKEN_DATA)
+                cand["id"][:-1] = ids
+                cand["id"][-1] = self.eos
+                arr = llama_cpp.llama_token_data_array(
+                    cand.ctypes.data_as(llama_cpp.llama_token_data_p), len(cand), -1, False
+                )
+                llama_cpp.llama_sampler_apply(sampler, ctypes.byref(arr))
+                allowed = [int(t) for t in cand["id"][np.isfinite(cand["logit"])]]
+                can_end = self.eos in allowed
+                allowed = [t for t in allowed if t != self.eos]
+                late = step > max_steps // 2
+                if can_end and (late or not allowed or rng.random() < 0.5):
+                    return "".join(out)
+                if not allowed:
+                    return None  # no piece of the alphabet fits here
+                closers = [t for t in allowed if pieces[t] in ('"', "}", "]")]
+                token = rng.choice(closers if late and closers and rng.random() < 0.7 else allowed)
+                llama_cpp.llama_sampler_accept(sampler, token)
+                out.append(pieces[token])
+            return None
+        finally:
+            llama_cpp.llama_sampler_free(sampler)
+
+    def _alphabet(self) -> tuple[np.ndarray, dict[int, str]]:
+        if getattr(self, "_pieces", None) is None:
+            texts = [chr(c) for c in range(32, 127)] + ["\n", "é", "€", "😀"]
+            texts += ['": ', '", "', "true", "false", "null", "\\n", '\\"', "2024", ".5"]
+            pieces = {}
+            for text in texts:
+                tokens = self.tokenize(text)
+                if len(tokens) == 1:
+                    pieces[tokens[0]] = text
+            self._pieces = pieces
+            self._ids = np.array(list(pieces), dtype=np.int32)
+        return self._ids, self._pieces
 
     def close(self) -> None:
         if self._model:

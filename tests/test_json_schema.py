@@ -183,6 +183,36 @@ def test_refs_recursion_and_pydantic_strict_schemas(probe: GrammarProbe) -> None
     assert validate_instance(schema, json.loads(good)) == []
 
 
+EXTRA_SCHEMAS = [
+    obj(**{f: {"type": "string", "format": f} for f in ("date", "time", "date-time", "uuid", "email", "uri")}),
+    {
+        "type": "array",
+        "items": {
+            "anyOf": [
+                {"type": "number", "minimum": -3.5, "exclusiveMaximum": 7.25},
+                {"type": "integer", "exclusiveMinimum": -100, "maximum": 12345},
+            ]
+        },
+        "maxItems": 6,
+    },
+    {"type": "array", "items": {"type": "string", "pattern": "^(?:[a-f0-9]{2}:){2}[A-Z\\d]+|x+\\.y?$"}, "maxItems": 4},
+    {"type": "string", "pattern": "[^a-z\\s]{2,}$"},
+    {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 3}, "maxItems": 5},
+    {"type": "object"},
+]
+
+
+def test_random_walks_through_every_grammar_are_schema_valid(probe: GrammarProbe) -> None:
+    """Not just what the model happens to write: random texts the grammar allows are all valid."""
+    rng = random.Random(0)
+    for schema in [s for _, _, s in TABLE] + EXTRA_SCHEMAS:
+        grammar = schema_to_grammar(schema, strict=False)
+        walks = [w for w in (probe.random_walk(grammar, rng) for _ in range(12)) if w is not None]
+        assert len(walks) >= 3, schema
+        for text in walks:
+            assert validate_instance(schema, json.loads(text)) == [], (schema, text)
+
+
 def test_every_table_grammar_compiles(probe: GrammarProbe) -> None:
     for name, _, schema in TABLE:
         assert probe.compiles(schema_to_grammar(schema, strict=False)), name

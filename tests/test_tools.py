@@ -230,6 +230,7 @@ def test_plans_per_tool_choice() -> None:
     assert (none.instructions, none.grammar, none.parse_calls) == (None, None, False)
     auto = plan_tools(TOOLS, "auto")
     assert auto.instructions and auto.grammar is None and auto.parse_calls
+    assert auto.stop == ("```tool_output",) and none.stop == ()
     required = plan_tools(TOOLS, "required")
     assert required.grammar and required.parse_calls
     named = plan_tools(TOOLS, NamedToolChoice("get_time"))
@@ -288,6 +289,20 @@ def test_forcing_grammars_allow_only_valid_calls(probe: GrammarProbe) -> None:
     assert tool_call_grammar(TOOLS, "auto") is None
     only_json = tool_call_grammar(TOOLS, "none", response_schema=answer)
     assert probe.accepts(only_json, '{"reply": "hi"}') and not probe.accepts(only_json, PARIS)
+
+
+def test_random_walks_through_forcing_grammars_parse_as_valid_calls(probe: GrammarProbe) -> None:
+    rng = random.Random(1)
+    specs = {t.name: t for t in TOOLS}
+    for choice in ("required", NamedToolChoice("get_weather")):
+        grammar = tool_call_grammar(TOOLS, choice)
+        walks = [w for w in (probe.random_walk(grammar, rng, max_steps=600) for _ in range(15)) if w is not None]
+        assert len(walks) >= 5
+        for text in walks:
+            parsed = parse_tool_calls(text, TOOLS)
+            assert parsed.text == "" and parsed.calls, text
+            for call in parsed.calls:
+                assert validate_instance(specs[call.name].parameters, call.arguments) == [], text
 
 
 # --- the real model ------------------------------------------------------------------------------

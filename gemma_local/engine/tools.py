@@ -51,6 +51,7 @@ from gemma_local.errors import InvalidRequestError
 __all__ = [
     "CALL_FENCE",
     "MAX_PARALLEL_CALLS",
+    "RESULT_FENCE",
     "NamedToolChoice",
     "ParsedOutput",
     "StreamItem",
@@ -70,6 +71,8 @@ __all__ = [
 
 #: The info string of the fence that holds calls.
 CALL_FENCE = "tool_call"
+#: How a tool result starts in the prompt (rendered by ``chat_format``); the model never writes one.
+RESULT_FENCE = "```tool_output"
 #: Most calls a forced (``required``) answer may hold; keeps a looping small model bounded.
 MAX_PARALLEL_CALLS = 8
 
@@ -264,6 +267,9 @@ class ToolPlan:
     grammar: str | None
     #: Whether to run the output through ``ToolCallStreamFilter`` / ``parse_tool_calls``.
     parse_calls: bool
+    #: Stop sequences to add to the request: a model that starts writing a ``tool_output``
+    #: block is inventing the result of its own call, so generation ends there.
+    stop: tuple[str, ...] = ()
 
 
 def plan_tools(
@@ -295,4 +301,9 @@ def plan_tools(
         response_strict=response_strict,
     )
     instructions = render_tool_instructions(tools, tool_choice) if offered else ""
-    return ToolPlan(instructions=instructions or None, grammar=grammar, parse_calls=offered)
+    return ToolPlan(
+        instructions=instructions or None,
+        grammar=grammar,
+        parse_calls=offered,
+        stop=(RESULT_FENCE,) if offered else (),
+    )
