@@ -270,6 +270,9 @@ class _SchemaVisitor:
             f"Unsupported JSON schema: '{keyword}'{where} {why}.", keyword=keyword, path=path, param=self.b.param
         )
 
+    def invalid(self, path: str, what: str) -> InvalidRequestError:
+        return InvalidRequestError(f"Invalid JSON schema at {path}: {what}.", param=self.b.param)
+
     # entry ----------------------------------------------------------------------------
 
     def visit_root(self) -> str:
@@ -286,9 +289,7 @@ class _SchemaVisitor:
         if schema is False:
             raise self.unsupported("false", path, "allows no value at all")
         if not isinstance(schema, dict):
-            raise InvalidRequestError(
-                f"Invalid JSON schema at {path}: expected an object, got {type(schema).__name__}.", param=self.b.param
-            )
+            raise self.invalid(path, f"expected an object, got {type(schema).__name__}")
         for key in schema:
             if key in _UNSUPPORTED:
                 raise self.unsupported(key, _pointer(path, key), "cannot be enforced while generating")
@@ -319,7 +320,7 @@ class _SchemaVisitor:
             return inferred or ["any"]
         names = declared if isinstance(declared, list) else [declared]
         if not names or any(n not in _TYPES for n in names):
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: unknown type {declared!r}.", param=self.b.param)
+            raise self.invalid(path, f"unknown type {declared!r}")
         if "number" in names and "integer" in names:
             names = [n for n in names if n != "integer"]
         return list(dict.fromkeys(names))
@@ -385,7 +386,7 @@ class _SchemaVisitor:
         branches = schema[keyword]
         self.check_siblings(schema, keyword, path)
         if not isinstance(branches, list) or not branches:
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: {keyword} must be a non-empty list.")
+            raise self.invalid(path, f"{keyword} must be a non-empty list")
         if keyword == "oneOf":
             self.check_disjoint(branches, _pointer(path, "oneOf"))
         alts = [
@@ -397,7 +398,7 @@ class _SchemaVisitor:
         keyword = "const" if "const" in schema else "enum"
         values = [schema["const"]] if keyword == "const" else schema["enum"]
         if not isinstance(values, list) or not values:
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: enum must be a non-empty list.")
+            raise self.invalid(path, "enum must be a non-empty list")
         # Other keywords beside enum/const still apply: keep only the values that pass them.
         rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
         if "const" in schema and "enum" in schema:
@@ -463,9 +464,9 @@ class _SchemaVisitor:
         required = schema.get("required", [])
         extra = schema.get("additionalProperties")
         if props is not None and not isinstance(props, dict):
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: properties must be an object.")
+            raise self.invalid(path, "properties must be an object")
         if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: required must be a list of names.")
+            raise self.invalid(path, "required must be a list of names")
         props = dict(props or {})
         if self.strict:
             if extra is not False:
@@ -537,7 +538,7 @@ class _SchemaVisitor:
         if "prefixItems" in schema:
             prefix = schema["prefixItems"]
             if not isinstance(prefix, list):
-                raise InvalidRequestError(f"Invalid JSON schema at {path}: prefixItems must be a list.")
+                raise self.invalid(path, "prefixItems must be a list")
             if schema.get("items") not in (None, False):
                 raise self.unsupported("items", _pointer(path, "items"), "after prefixItems is not supported")
             n = len(prefix)
@@ -567,7 +568,7 @@ class _SchemaVisitor:
         if value is None:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0 or value != int(value):
-            raise InvalidRequestError(f"Invalid JSON schema at {path}: {key} must be a non-negative integer.")
+            raise self.invalid(path, f"{key} must be a non-negative integer")
         if int(value) > MAX_REPEAT:
             raise self.unsupported(key, _pointer(path, key), f"above {MAX_REPEAT}")
         return int(value)
@@ -604,12 +605,12 @@ class _SchemaVisitor:
                 )
             pattern = schema["pattern"]
             if not isinstance(pattern, str):
-                raise InvalidRequestError(f"Invalid JSON schema at {path}: pattern must be a string.")
+                raise self.invalid(path, "pattern must be a string")
             try:
                 re.compile(pattern)
                 body = pattern_to_gbnf(pattern, self.b.primitive("json-char"))
             except re.error as e:
-                raise InvalidRequestError(f"Invalid JSON schema at {path}: pattern /{pattern}/: {e}.") from e
+                raise self.invalid(path, f"pattern /{pattern}/: {e}") from e
             except PatternError as e:
                 raise self.unsupported("pattern", _pointer(path, "pattern"), f"is not supported: {e}") from e
             return self.b.rule(hint, f'"\\"" {body} "\\""')
@@ -707,7 +708,10 @@ def _disjoint(
         return True
     if values_b is not None and values_a is None and _values_outside(values_b, kinds_a):
         return True
-    # Both objects that require a property with different fixed values (discriminated unions).
+    # Only objects in common, each requiring a property with different fixed values there
+    # (discriminated unions).
+    if kinds_a & kinds_b != {"object"}:
+        return False
     return any(not props_a[name] & props_b[name] for name in props_a.keys() & props_b.keys())
 
 
