@@ -222,6 +222,10 @@ def test_every_table_grammar_compiles(probe: GrammarProbe) -> None:
 # --- refused schemas --------------------------------------------------------------------------
 
 
+def _tagged(tag: str) -> dict[str, Any]:
+    return {"type": ["object", "string"], "properties": {"k": {"const": tag}}, "required": ["k"]}
+
+
 @pytest.mark.parametrize(
     ("schema", "keyword", "path"),
     [
@@ -239,6 +243,7 @@ def test_every_table_grammar_compiles(probe: GrammarProbe) -> None:
         ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}, "maxLength", "#"),
         ({"type": "string", "format": "date", "maxLength": 5}, "maxLength", "#"),
         ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf", "#/oneOf"),
+        ({"oneOf": [_tagged("a"), _tagged("b")]}, "oneOf", "#/oneOf"),  # "x" would match both
         ({"anyOf": [{"type": "string"}], "maxLength": 3}, "maxLength", "#/maxLength"),
         ({"type": "integer", "minimum": 5, "maximum": 4}, "minimum", "#/minimum"),
         ({"type": "array", "minItems": 3, "maxItems": 2}, "minItems", "#/minItems"),
@@ -255,6 +260,14 @@ def test_unsupported_keywords_are_named(schema: dict[str, Any], keyword: str, pa
         assert err.path == path
     assert isinstance(err, InvalidRequestError) and err.param == "response_format"
     assert f"'{keyword}'" in str(err)
+
+
+@pytest.mark.parametrize("schema", [{"type": "strin"}, {"type": "object", "required": "a"}, {"enum": []}, [1]])
+def test_malformed_schemas_are_invalid_requests(schema: Any) -> None:
+    with pytest.raises(InvalidRequestError) as info:
+        schema_to_grammar(schema, strict=False, param="text.format")
+    assert not isinstance(info.value, UnsupportedSchemaError)
+    assert info.value.param == "text.format" and "Invalid JSON schema" in str(info.value)
 
 
 def test_strict_mode_follows_openai_rules() -> None:
