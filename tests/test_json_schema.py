@@ -240,6 +240,8 @@ def _tagged(tag: str) -> dict[str, Any]:
         ({"$ref": "https://example.com/s.json"}, "$ref", "#/$ref"),
         ({"type": "string", "pattern": "^(?=a)b$"}, "pattern", "#/pattern"),
         ({"type": "string", "pattern": r"^(a)\1$"}, "pattern", "#/pattern"),
+        ({"type": "string", "pattern": "^a{2,1000000}$"}, "pattern", "#/pattern"),
+        ({"type": "string", "maxLength": 100000}, "maxLength", "#/maxLength"),
         ({"type": "string", "pattern": "^[a-z]+$", "maxLength": 3}, "maxLength", "#"),
         ({"type": "string", "format": "date", "maxLength": 5}, "maxLength", "#"),
         ({"oneOf": [{"type": "integer"}, {"type": "number"}]}, "oneOf", "#/oneOf"),
@@ -427,7 +429,8 @@ def test_json_object_mode_and_length_cut(engine) -> None:
 
 
 def test_a_grammar_llama_cpp_rejects_is_a_clear_error_not_a_crash(engine) -> None:
-    for bad in ("root ::= undefined-rule", 'root ::= "a" (', "root ::= root"):
+    # The last one would make llama.cpp allocate until the process dies, were it not refused first.
+    for bad in ("root ::= undefined-rule", 'root ::= "a" (', "root ::= root", 'root ::= "{2,1}" [}] "a"{2,1}'):
         request = GenerationRequest(messages=(ChatMessage.text("user", "hi"),), sampling=_greedy(bad), max_tokens=5)
         with pytest.raises(InvalidRequestError) as info:
             engine.submit(request)

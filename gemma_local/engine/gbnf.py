@@ -18,6 +18,9 @@ MAX_CODEPOINT = 0x10FFFF
 #: distinct from an exclusive bound) once a client parses it as a float.
 MAX_DIGITS = 15
 
+#: Largest repetition count a generated grammar uses (maxLength, maxItems, regex {n,m}).
+MAX_REPEAT = 4096
+
 Ranges = tuple[tuple[int, int], ...]
 
 

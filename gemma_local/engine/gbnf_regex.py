@@ -143,6 +143,8 @@ class _Parser:
             lo = hi = int(body)
         if hi is not None and hi < lo:
             raise self.fail(f"the quantifier {{{body}}}")
+        if max(lo, hi or 0) > gbnf.MAX_REPEAT:
+            raise self.fail(f"a repetition count above {gbnf.MAX_REPEAT}")
         return lo, hi
 
     def atom(self) -> object:

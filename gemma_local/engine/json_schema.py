@@ -122,7 +122,7 @@ _TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 #: Keywords whose presence means "these constrain the value" next to a combinator or $ref.
 _CONSTRAINTS = _OBJECT_KEYS | _ARRAY_KEYS | _STRING_KEYS | _NUMBER_KEYS | {"type", "enum", "const"}
 #: Above this, maxLength/maxItems make grammars too large to be worth it.
-MAX_REPEAT = 4096
+MAX_REPEAT = gbnf.MAX_REPEAT
 
 # Shared primitive rules. Names carry no schema text, so several schemas (one per tool) can
 # share one grammar.

@@ -178,10 +178,34 @@ def _new_chain():
 
 
 def _init_grammar(vocab, grammar: str):
+    _check_repetitions(grammar)
     sampler = llama_cpp.llama_sampler_init_grammar(vocab, grammar.encode("utf-8"), b"root")
     if not sampler:
         raise InvalidRequestError("The output grammar could not be compiled.", param="grammar")
     return sampler
+
+
+def _check_repetitions(grammar: str) -> None:
+    """Refuse ``x{m,n}`` with m > n: llama.cpp's parser does not, and allocates until the process dies."""
+    i, n = 0, len(grammar)
+    while i < n:
+        c = grammar[i]
+        if c in '"[':  # skip a literal or a character class, escapes included
+            close = '"' if c == '"' else "]"
+            i += 1
+            while i < n and grammar[i] != close:
+                i += 2 if grammar[i] == "\\" else 1
+        elif c == "#":  # comment to the end of the line
+            while i < n and grammar[i] != "\n":
+                i += 1
+        elif c == "{":
+            end = grammar.find("}", i)
+            lo, comma, hi = grammar[i + 1 : end].partition(",") if end > 0 else ("", "", "")
+            if comma and lo.strip().isdigit() and hi.strip().isdigit() and int(lo) > int(hi):
+                raise InvalidRequestError(
+                    f"The output grammar repeats {{{lo},{hi}}}: the minimum is above the maximum.", param="grammar"
+                )
+        i += 1
 
 
 def _apply(sampler, cand: np.ndarray) -> llama_cpp.llama_token_data_array:
