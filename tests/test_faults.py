@@ -530,3 +530,68 @@ def test_stopping_refuses_new_work_and_ends_what_runs(engine, no_eos) -> None:
     last = result.events[-1]
     assert isinstance(last, dict) and last["error"]["code"] == "engine_closed"
     wait_idle(engine)
+
+
+# --- the stored-responses database survives kill -9 mid-write ---------------------------------------
+
+_STORE_WRITER = r"""
+import sys
+from pathlib import Path
+
+from gemma_local.server.responses_store import ResponseStore
+
+store = ResponseStore(Path(sys.argv[1]), max_count=100_000)
+first = int(sys.argv[2])
+blob = "x" * 200_000  # big rows: most of the writer's time is spent inside a write
+for i in range(first, first + 100_000):
+    rid = f"resp_{i:06d}"
+    store.save({"id": rid, "object": "response", "output": [{"text": blob}]}, [{"role": "user", "content": blob}])
+    print(rid, flush=True)  # only after the commit returned: acknowledged
+"""
+
+
+def test_response_store_survives_kill_9_mid_write(tmp_path) -> None:
+    pytest.importorskip("gemma_local.server.responses_store")
+    import random
+    import sqlite3
+
+    from gemma_local.server.responses_store import ResponseStore
+
+    db = tmp_path / "responses.db"
+    acknowledged: list[str] = []
+    rng = random.Random(7)
+    for cycle in range(3):
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _STORE_WRITER, str(db), str(cycle * 10_000)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert writer.stdout is not None
+        wanted = rng.randint(5, 15)
+        deadline = time.monotonic() + 60
+        mine: list[str] = []
+        while len(mine) < wanted and time.monotonic() < deadline:
+            line = writer.stdout.readline()
+            if not line:
+                break
+            mine.append(line.strip())
+        time.sleep(rng.uniform(0, 0.05))  # somewhere inside the next write
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(30)
+        assert len(mine) == wanted, writer.stderr.read() if writer.stderr else ""
+        acknowledged += mine
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store = ResponseStore(db, max_count=100_000)
+    for rid in acknowledged:  # every write that was acknowledged is there, whole
+        stored = store.get(rid)
+        assert stored is not None, rid
+        assert stored.response["id"] == rid and len(stored.response["output"][0]["text"]) == 200_000
+        assert len(stored.input_items[0]["content"]) == 200_000
+    # Unacknowledged writes are either whole or absent, never torn; the store takes new writes.
+    assert store.count() >= len(acknowledged)
+    store.save({"id": "resp_after", "object": "response"}, [])
+    assert store.get("resp_after") is not None
