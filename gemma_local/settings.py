@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
@@ -64,4 +65,13 @@ class ServerSettings(BaseSettings):
     )
     max_image_pixels: int = Field(
         50_000_000, ge=1024, le=1_000_000_000, description="Largest image accepted, in pixels (width × height)."
+    )
+    responses_db: Path | None = Field(
+        None, description="SQLite file of stored /v1/responses (default: responses.db in the data dir)."
+    )
+    responses_max_stored: int = Field(
+        10_000, ge=0, description="Stored responses kept at most, the oldest deleted first (0: no limit)."
+    )
+    responses_max_age_days: float = Field(
+        30.0, ge=0, description="Stored responses are deleted after this many days (0: no age limit)."
     )

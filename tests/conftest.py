@@ -104,11 +104,12 @@ def server_settings(**overrides):
 
 
 @pytest.fixture(scope="session")
-def live_server(engine):
-    """One real server (no API key) over the session's engine."""
+def live_server(engine, tmp_path_factory):
+    """One real server (no API key) over the session's engine; stored responses in a temp dir."""
     from gemma_local.server import create_app
 
-    server = LiveServer(create_app(engine, server_settings()))
+    responses_db = tmp_path_factory.mktemp("responses") / "responses.db"
+    server = LiveServer(create_app(engine, server_settings(responses_db=responses_db)))
     yield server
     server.stop()
 
@@ -147,3 +148,17 @@ def http(live_server):
 
     with httpx.Client(base_url=live_server.base_url, timeout=120) as client:
         yield client
+
+
+@pytest.fixture
+def anthropic_client(live_server):
+    """The official Anthropic SDK against the live server (no /v1 in its base URL), validating strictly."""
+    import anthropic
+
+    return anthropic.Anthropic(
+        base_url=live_server.base_url,
+        api_key="unused",
+        _strict_response_validation=True,
+        max_retries=0,
+        timeout=120,
+    )
