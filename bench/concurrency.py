@@ -61,7 +61,7 @@ def wait_ready(base: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def stream_once(base: str, prompt: str, n_tokens: int) -> dict:
     body = {
-        "model": "gemma",
+        "model": "gemma-3-27b",
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": n_tokens,
         "temperature": 0,
