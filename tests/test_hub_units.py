@@ -194,7 +194,7 @@ def test_rejects_non_gguf_and_truncated_files(tmp_path: Path) -> None:
         read_gguf(junk)
     truncated = tmp_path / "cut.gguf"
     truncated.write_bytes(gguf_model(4096)[:200])
-    with pytest.raises(StoreError, match="truncated|corrupt"):
+    with pytest.raises(StoreError, match=r"truncated|corrupt"):
         read_gguf(truncated)
 
 
