@@ -14,6 +14,7 @@ BENCHES = [
     ["memory.py"],
     ["concurrency.py"],
     ["grammar_overhead.py"],
+    ["vision.py"],
     ["search_index.py"],
 ]
 
