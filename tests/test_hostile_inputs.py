@@ -222,6 +222,9 @@ ROWS: list[Row] = [
     Row("wrong-type-content", lambda api: _with(api, {"text": "Hi"}), BAD),
     Row("numbers-as-strings", lambda api: _json({**api.request("Hi"), **_limit(api, "1")}), BAD),
     Row("bool-as-number", lambda api: _json({**api.request("Hi"), "temperature": True}), BAD),
+    # JSON has one number type: 1.0 is the integer 1 (as /openapi.json's "integer" says); 1.5 is not.
+    Row("integer-as-whole-float", lambda api: _json({**api.request("Hi"), **_limit(api, 1.0)}), OK),
+    Row("integer-as-fraction", lambda api: _json({**api.request("Hi"), **_limit(api, 1.5)}), BAD),
     # --- strings ---
     Row("escaped-nul-in-text", lambda api: _with(api, "a\u0000b\u0000c"), OK),
     Row("lone-surrogate-in-text", lambda api: _with(api, "a\ud800b"), BAD),
