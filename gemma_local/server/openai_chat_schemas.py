@@ -173,8 +173,10 @@ def _integral(value: Any) -> Any:
     return value
 
 
-#: An integer parameter that also takes a JSON number with no fractional part.
-WholeNumber = Annotated[int, BeforeValidator(_integral)]
+#: Makes an integer parameter also take a JSON number with no fractional part. It goes last in
+#: ``Annotated[int, Field(ge=1), WHOLE]``: bounds after it (or on the ``| None`` union) would reach
+#: the JSON schema as unknown ``ge``/``le`` keys instead of ``minimum``/``maximum``.
+WHOLE = BeforeValidator(_integral)
 
 
 class StreamOptions(_Request):
@@ -204,23 +206,25 @@ class ChatCompletionRequest(_Request):
     messages: list[ChatMessageParam] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None
-    n: WholeNumber | None = Field(1, ge=1, le=128, description="Choices to generate.")
-    seed: WholeNumber | None = Field(None, description="Same seed and request, same output.")
+    n: Annotated[int, Field(ge=1, le=128), WHOLE] | None = Field(1, description="Choices to generate.")
+    seed: Annotated[int, WHOLE] | None = Field(None, description="Same seed and request, same output.")
     stop: str | list[str] | None = Field(
         None, description="Stop sequences: an array, or a string split on commas (as the hosted API does)."
     )
-    max_tokens: WholeNumber | None = Field(
-        None, ge=1, le=65536, description="Output tokens per choice (default 4096; capped by the server, 8192)."
+    max_tokens: Annotated[int, Field(ge=1, le=65536), WHOLE] | None = Field(
+        None, description="Output tokens per choice (default 4096; capped by the server, 8192)."
     )
-    max_completion_tokens: WholeNumber | None = Field(
-        None, ge=1, le=65536, description="Preferred alias of max_tokens."
+    max_completion_tokens: Annotated[int, Field(ge=1, le=65536), WHOLE] | None = Field(
+        None, description="Preferred alias of max_tokens."
     )
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
     top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
     frequency_penalty: Float2 | None = Field(None, description="Default 0.")
     presence_penalty: Float2 | None = Field(None, description="Default 0.")
     logprobs: bool | None = Field(False, description="Return the log probability of each output token.")
-    top_logprobs: WholeNumber | None = Field(None, ge=0, le=20, description="Most likely alternatives per token.")
+    top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(
+        None, description="Most likely alternatives per token."
+    )
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         None,
         description="Token id (as a string) → bias added to its logit.",
@@ -232,7 +236,9 @@ class ChatCompletionRequest(_Request):
     )
     disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
     # gemma-local extensions (llama.cpp sampling knobs the hosted API does not have).
-    top_k: WholeNumber | None = Field(None, ge=0, description="Extension: top-k sampling (0 disables).")
+    top_k: Annotated[int, Field(ge=0), WHOLE] | None = Field(
+        None, description="Extension: top-k sampling (0 disables)."
+    )
     min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
     repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
     continue_final_message: bool | None = Field(
