@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hmac
+import json
 import os
 import signal
 import socket
@@ -102,6 +103,58 @@ def test_warns_loudly_beyond_loopback_without_a_key(monkeypatch, host, api_key, 
     assert ("WARNING" in result.output and "NO API key" in result.output) is warned, result.output
 
 
+# --- DNS rebinding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "allowed"),
+    [
+        ("127.0.0.1:{port}", True),
+        ("localhost:{port}", True),
+        ("LOCALHOST", True),
+        ("app.localhost:{port}", True),
+        ("[::1]:{port}", True),
+        ("127.0.0.2", True),
+        ("evil.example:{port}", False),
+        ("evil.example", False),
+        ("127.0.0.1.evil.example", False),
+        ("192.168.1.20:{port}", False),
+        ("[::ffff:8.8.8.8]:{port}", False),
+    ],
+)
+def test_loopback_server_refuses_other_host_names(live_server, host: str, allowed: bool) -> None:
+    """A page whose name was rebound to 127.0.0.1 still sends its own name: refused, nothing served."""
+    port = live_server.base_url.rsplit(":", 1)[1]
+    header = host.format(port=port).encode()
+    for api in APIS:
+        if not api.served:
+            continue
+        status, body = _raw_request(
+            live_server.base_url,
+            "POST",
+            api.path,
+            headers=[(b"host", header), (b"content-type", b"application/json")],
+            body=json.dumps(api.request("Hi")).encode(),
+        )
+        if allowed:
+            assert status == 200, (api.name, body[:300])
+        else:
+            assert status == 403, (api.name, body[:300])
+            error = json.loads(body)["error"]
+            assert error["type"] == "permission_error" and "localhost" in error["message"]
+
+
+def test_server_bound_beyond_loopback_answers_any_host_name(engine) -> None:
+    from gemma_local.server import create_app
+
+    server = LiveServer(create_app(engine, server_settings(host="0.0.0.0")))  # listens on 127.0.0.1 all the same
+    try:
+        status, body = _raw_request(server.base_url, "GET", "/v1/models", headers=[(b"host", b"gemma.lan:8080")])
+    finally:
+        server.stop()
+    assert status == 200, body
+
+
 # --- API keys ---------------------------------------------------------------------------------
 
 
@@ -148,7 +201,9 @@ def _raw_request(
 ) -> tuple[int, bytes]:
     """One HTTP/1.1 request over a plain socket (httpx refuses to send non-ASCII header bytes)."""
     host, port = base_url.removeprefix("http://").split(":")
-    lines = [f"{method} {path} HTTP/1.1".encode(), f"host: {host}".encode(), b"connection: close"]
+    lines = [f"{method} {path} HTTP/1.1".encode(), b"connection: close"]
+    if not any(name.lower() == b"host" for name, _ in headers):
+        lines.append(f"host: {host}:{port}".encode())
     lines += [name + b": " + value for name, value in headers]
     if body:
         lines.append(f"content-length: {len(body)}".encode())
@@ -179,7 +234,7 @@ def test_declared_oversize_body_is_refused_before_it_is_read(auth_server) -> Non
     """A client that announces 10 GB gets its 413 at once: the server never waits for the bytes."""
     host, port = auth_server.base_url.removeprefix("http://").split(":")
     request = (
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
         b"authorization: Bearer " + TEST_API_KEY.encode() + b"\r\ncontent-length: 10000000000\r\n\r\n"
     )
     with socket.create_connection((host, int(port)), timeout=10) as sock:

@@ -21,9 +21,15 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from gemma_local import __version__
 from gemma_local.search import ProviderChain
-from gemma_local.server import models_api, openai_chat, ops
+from gemma_local.server import anthropic_messages, models_api, openai_chat, openai_responses, ops
 from gemma_local.server.errors import install_error_handlers
-from gemma_local.server.middleware import BodyLimitMiddleware, RequestLogMiddleware
+from gemma_local.server.middleware import (
+    BodyLimitMiddleware,
+    LoopbackHostMiddleware,
+    RequestLogMiddleware,
+    is_loopback_name,
+)
+from gemma_local.server.openapi import install_openapi
 from gemma_local.server.pipeline import EngineLike
 from gemma_local.server.runtime import EngineFactory, Runtime
 from gemma_local.settings import ServerSettings
@@ -94,10 +100,15 @@ def create_app(
     app.state.runtime = runtime
     install_error_handlers(app)
     app.include_router(openai_chat.router)
+    app.include_router(openai_responses.router)
+    app.include_router(anthropic_messages.router)
     app.include_router(models_api.router)
     app.include_router(ops.router)
-    # Added innermost first: CORS wraps the request log, which wraps the body limit.
+    install_openapi(app, api_key=bool(settings.api_key))
+    # Added innermost first: CORS wraps the request log, which wraps the host check and the body limit.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if is_loopback_name(settings.host):
+        app.add_middleware(LoopbackHostMiddleware)  # DNS rebinding: see the middleware
     app.add_middleware(RequestLogMiddleware, metrics=runtime.metrics)
     if settings.cors_origins:
         app.add_middleware(

@@ -27,7 +27,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import iter_route_contexts
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import compile_path
 
 from gemma_local.errors import (
     ContextOverflowError,
@@ -56,6 +58,25 @@ class RouteNotFoundError(GemmaLocalError):
     """No endpoint at this path (HTTP 404)."""
 
     code = "not_found"
+
+
+class ResourceNotFoundError(GemmaLocalError):
+    """A stored object the request names (a response id) does not exist (HTTP 404)."""
+
+    code = "not_found"
+
+
+class HostNotAllowedError(GemmaLocalError):
+    """A loopback-bound server got a request for another host name: DNS rebinding (HTTP 403)."""
+
+    code = "host_not_allowed"
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        super().__init__(
+            f"This server only answers requests addressed to localhost, not {host[:100]!r}. Use "
+            "http://127.0.0.1:PORT, or start it with --host to serve other names (then set an API key)."
+        )
 
 
 class MethodNotAllowedError(GemmaLocalError):
@@ -121,6 +142,8 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorKind] = {
     AuthenticationError: ErrorKind(401, "authentication_error", "authentication_error"),
     ModelNotFoundError: ErrorKind(404, "invalid_request_error", "not_found_error"),
     RouteNotFoundError: ErrorKind(404, "invalid_request_error", "not_found_error"),
+    ResourceNotFoundError: ErrorKind(404, "invalid_request_error", "not_found_error"),
+    HostNotAllowedError: ErrorKind(403, "permission_error", "permission_error", retryable=False),
     MethodNotAllowedError: ErrorKind(405, "invalid_request_error", "invalid_request_error"),
     RequestTooLargeError: ErrorKind(413, "invalid_request_error", "request_too_large"),
     # nginx's "client closed request": only ever seen in the log, the client is gone.
@@ -198,6 +221,10 @@ def _from_http_exception(exc: StarletteHTTPException) -> BaseException:
 _UNION_TAGS = frozenset(
     {"str", "int", "float", "bool", "none", "list", "dict", "system", "developer", "user", "assistant", "tool"}
     | {"text", "image_url", "refusal"}
+    # Responses items and parts, Anthropic blocks and tool choices.
+    | {"message", "function_call", "function_call_output", "reasoning", "input_text", "input_image", "output_text"}
+    | {"json_object", "json_schema", "image", "tool_use", "tool_result", "base64", "url"}
+    | {"auto", "any"}
 )
 
 
@@ -303,11 +330,26 @@ def error_response(exc: BaseException, path: str) -> JSONResponse:
 
 async def _handle(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(exc, request.url.path)
+    if isinstance(exc, StarletteHTTPException) and exc.headers:
+        response.headers.update(exc.headers)
+    if response.status_code == 405:
+        # RFC 9110: a 405 lists every method the resource has. Starlette names only the first
+        # route that matched the path, and GET and DELETE of one path are separate routes.
+        response.headers["Allow"] = ", ".join(sorted(_allowed_methods(request)))
     if response.status_code >= 500:
         # Our own errors carry their explanation; anything else is a bug and needs its traceback.
         traceback = None if isinstance(exc, GemmaLocalError | StarletteHTTPException) else exc
         logger.error("%s %s failed: %s", request.method, request.url.path, exc, exc_info=traceback)
     return response
+
+
+def _allowed_methods(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for context in iter_route_contexts(request.app.routes):
+        route_methods = getattr(context.original_route, "methods", None)
+        if context.path and route_methods and compile_path(context.path)[0].match(request.url.path):
+            methods |= set(route_methods)
+    return methods
 
 
 def install_error_handlers(app: FastAPI) -> None:

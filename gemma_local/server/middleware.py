@@ -6,13 +6,14 @@ and a client disconnect still reaches the route.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gemma_local.server.errors import RequestTooLargeError, error_response
+from gemma_local.server.errors import HostNotAllowedError, RequestTooLargeError, error_response
 from gemma_local.server.metrics import ServerMetrics
 
 logger = logging.getLogger("gemma_local.server")
@@ -72,6 +73,54 @@ class BodyLimitMiddleware:
         response = error_response(RequestTooLargeError(self.max_bytes), scope.get("path", ""))
         response.headers["Connection"] = "close"  # the unread rest of the body makes the connection unusable
         await response(scope, receive, send)
+
+
+class LoopbackHostMiddleware:
+    """On a loopback-bound server, answer 403 to requests whose ``Host`` is not a loopback name.
+
+    A web page cannot reach a local server across origins (no CORS), but with DNS rebinding
+    its own name (``evil.example``) resolves to 127.0.0.1 and its requests become
+    same-origin: they would be served, and the answers read. Such requests still carry the
+    page's name in ``Host``; the server's own clients say ``localhost``, ``127.0.0.1`` or
+    ``[::1]``. (A server bound beyond loopback is meant to be reached by other names; its
+    protection is the API key.)
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            host = _header(scope, b"host")
+            if host is not None and not is_loopback_name(_host_name(host)):
+                response = error_response(HostNotAllowedError(host), scope.get("path", ""))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def is_loopback_name(name: str) -> bool:
+    """``localhost`` (and ``*.localhost``, RFC 6761), 127.0.0.0/8 and ``::1``."""
+    name = name.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _host_name(host: str) -> str:
+    if host.startswith("["):  # [::1]:8080
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return value.decode("latin-1")
+    return None
 
 
 def _content_length(scope: Scope) -> int | None:

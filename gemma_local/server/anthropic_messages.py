@@ -1,0 +1,395 @@
+"""``POST /v1/messages``: the Anthropic Messages API as a thin layer over the pipeline.
+
+Also ``POST /v1/messages/count_tokens``. Errors on these routes use Anthropic's envelope
+(``{"type": "error", "error": {"type", "message"}}``), registered with the server's one error
+table below; a failure after a stream has started is an ``event: error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+
+from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
+from gemma_local.engine.types import ContentPart
+from gemma_local.errors import GemmaLocalError
+from gemma_local.server.anthropic_messages_schemas import (
+    STREAM_EVENTS,
+    ContentBlockDeltaEvent,
+    ContentBlockStartEvent,
+    ContentBlockStopEvent,
+    CountTokensRequest,
+    ErrorDetail,
+    ErrorResponse,
+    ImageBlockParam,
+    InputJSONDelta,
+    Message,
+    MessageDeltaEvent,
+    MessageParam,
+    MessagesRequest,
+    MessageStartEvent,
+    MessageStopEvent,
+    MessageUsage,
+    PingEvent,
+    ResponseBlock,
+    StopDelta,
+    StopReason,
+    StreamEvent,
+    TextBlock,
+    TextBlockParam,
+    TextDelta,
+    TokenCount,
+    ToolChoiceAny,
+    ToolChoiceNone,
+    ToolChoiceTool,
+    ToolResultBlockParam,
+    ToolUseBlock,
+    ToolUseBlockParam,
+)
+from gemma_local.server.auth import require_api_key
+from gemma_local.server.conversation import assistant_message, named_tool, new_id, sampling_params
+from gemma_local.server.errors import ErrorInfo, error_body, register_error_style
+from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.pipeline import (
+    ChoiceDelta,
+    ChoiceEnd,
+    ChoiceToolCall,
+    Generation,
+    GenerationOutcome,
+    OutputFormat,
+    Pipeline,
+    PipelineFinishReason,
+    PipelineRequest,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+    request_record,
+    until_disconnected,
+)
+from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.sse import sse_event, sse_response
+
+logger = logging.getLogger("gemma_local.server")
+
+ENDPOINT = "/v1/messages"
+#: A stream silent this long (a long prompt being read) gets a ``ping``, so proxies keep it open.
+KEEPALIVE_S = 10.0
+
+
+def anthropic_envelope(info: ErrorInfo) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``."""
+    return ErrorResponse(error=ErrorDetail(type=info.kind.anthropic_type, message=info.message)).model_dump()
+
+
+register_error_style("anthropic", anthropic_envelope, path_prefixes=(ENDPOINT,))
+
+router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Anthropic"])
+
+
+@router.post(
+    ENDPOINT,
+    response_model=Message,
+    summary="Create a message",
+    responses={
+        200: {
+            "description": "A message; with `stream: true`, server-sent events instead (`event: <type>` + `data:`), "
+            "from `message_start` to `message_stop`.",
+            "content": {"text/event-stream": {"schema": sse_event_schema(*STREAM_EVENTS, style="anthropic")}},
+        },
+    },
+)
+async def create_message(body: MessagesRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)) -> Any:
+    """Generate the next assistant message of a conversation, whole or streamed."""
+    generation = await pipeline.start(await to_pipeline_request(body, pipeline), request_record(request))
+    if body.stream:
+        return sse_response(stream_message(generation), on_close=generation.cancel)
+    outcome = await until_disconnected(request, generation.result())
+    return JSONResponse(to_message(outcome).model_dump(mode="json"))
+
+
+@router.post(ENDPOINT + "/count_tokens", response_model=TokenCount, summary="Count the tokens of a message")
+async def count_tokens(body: CountTokensRequest, pipeline: Pipeline = Depends(get_pipeline)) -> TokenCount:
+    """The prompt tokens a Messages request with this conversation would have (images included)."""
+    return TokenCount(input_tokens=await pipeline.count_tokens(await to_pipeline_request(body, pipeline)))
+
+
+# --- request translation -----------------------------------------------------------------------
+
+
+async def _image(block: ImageBlockParam, param: str, pipeline: Pipeline) -> ContentPart:
+    source = block.source
+    if source.type == "base64":
+        return await pipeline.image_from_base64(source.data, source.media_type, param=param)
+    return await pipeline.image_from_url(source.url, param=param)
+
+
+async def _blocks(blocks: list[tuple[int, Any]], param: str, pipeline: Pipeline) -> list[ContentPart]:
+    """Text and image blocks (each with its index in ``param``'s content, for error messages)."""
+    parts: list[ContentPart] = []
+    for j, block in blocks:
+        if isinstance(block, ImageBlockParam):
+            parts.append(await _image(block, f"{param}.content[{j}]", pipeline))
+        elif isinstance(block, TextBlockParam):
+            parts.append(TextPart(block.text))
+    return parts
+
+
+async def _tool_result(block: ToolResultBlockParam, param: str, pipeline: Pipeline) -> ChatMessage:
+    content = block.content if block.content is not None else ""
+    parts = (
+        [TextPart(content)] if isinstance(content, str) else await _blocks(list(enumerate(content)), param, pipeline)
+    )
+    if block.is_error:
+        # The model should know the call failed, not read the error as a result.
+        parts.insert(0, TextPart("Error:"))
+    return ChatMessage(role="tool", content=tuple(parts))
+
+
+async def _message(message: MessageParam, index: int, pipeline: Pipeline) -> list[ChatMessage]:
+    """One Anthropic message; a user message's tool results become tool turns, in order."""
+    param = f"messages[{index}]"
+    if isinstance(message.content, str):
+        return [ChatMessage.text(message.role, message.content)]
+    if message.role == "assistant":
+        texts = [TextPart(b.text) for b in message.content if isinstance(b, TextBlockParam)]
+        calls = [
+            ToolCall(id=b.id, name=b.name, arguments=b.input)
+            for b in message.content
+            if isinstance(b, ToolUseBlockParam)
+        ]
+        return [assistant_message(texts, calls)]
+    out: list[ChatMessage] = []
+    pending: list[tuple[int, Any]] = []
+    for j, block in enumerate(message.content):
+        if isinstance(block, ToolResultBlockParam):
+            if pending:
+                out.append(ChatMessage(role=message.role, content=tuple(await _blocks(pending, param, pipeline))))
+                pending = []
+            out.append(await _tool_result(block, f"{param}.content[{j}]", pipeline))
+        else:
+            pending.append((j, block))
+    if pending:
+        out.append(ChatMessage(role=message.role, content=tuple(await _blocks(pending, param, pipeline))))
+    return out
+
+
+def _tool_choice(body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+    choice = body.tool_choice
+    if isinstance(choice, ToolChoiceTool):
+        return named_tool(choice.name, tools)
+    if isinstance(choice, ToolChoiceAny):
+        return "required"
+    if isinstance(choice, ToolChoiceNone):
+        return "none"
+    return "auto"
+
+
+async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeline: Pipeline) -> PipelineRequest:
+    """Translate a Messages (or count_tokens) request into the pipeline's common request."""
+    tools = tuple(ToolSpec(t.name, t.description or "", t.input_schema, bool(t.strict)) for t in body.tools or [])
+    messages: list[ChatMessage] = []
+    if body.system:
+        system = body.system if isinstance(body.system, str) else "\n\n".join(b.text for b in body.system)
+        messages.append(ChatMessage.text("system", system))
+    for i, message in enumerate(body.messages):
+        messages.extend(await _message(message, i, pipeline))
+    fmt = body.output_config.format if body.output_config else None
+    options: dict[str, Any] = {}
+    if isinstance(body, MessagesRequest):
+        options = {
+            "sampling": sampling_params(
+                temperature=body.temperature,
+                top_p=body.top_p,
+                top_k=body.top_k,
+                seed=body.seed,
+                frequency_penalty=body.frequency_penalty,
+                presence_penalty=body.presence_penalty,
+                min_p=body.min_p,
+                repeat_penalty=body.repeat_penalty,
+                logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()} or None,
+            ),
+            "max_tokens": body.max_tokens,
+            "stop": tuple(s for s in body.stop_sequences or () if s),
+        }
+    generation = GenerationRequest(
+        messages=tuple(messages),
+        # A last assistant message is a prefill: the answer continues it.
+        continue_final_message=body.messages[-1].role == "assistant",
+        **options,
+    )
+    return PipelineRequest(
+        endpoint=ENDPOINT,
+        request_id=new_id("msg_"),
+        model=body.model,
+        generation=generation,
+        web_search=bool(getattr(body, "web_search_linkup", False)),
+        disable_formatting=bool(getattr(body, "disable_formatting", False)),
+        tools=tools,
+        tool_choice=_tool_choice(body, tools),
+        # Anthropic says it the other way round, on the choice itself.
+        parallel_tool_calls=not getattr(body.tool_choice, "disable_parallel_tool_use", None),
+        output_format=OutputFormat(type="json_schema", schema=fmt.schema_) if fmt else None,
+    )
+
+
+# --- response translation ----------------------------------------------------------------------
+
+
+def stop_reason(finish_reason: PipelineFinishReason, stop_sequence: str | None) -> StopReason:
+    """The pipeline's finish reason in Anthropic's terms (as vLLM maps them)."""
+    if finish_reason == "length":
+        return "max_tokens"
+    if finish_reason == "tool_calls":
+        return "tool_use"
+    return "stop_sequence" if stop_sequence is not None else "end_turn"
+
+
+def _usage(usage: Usage) -> MessageUsage:
+    return MessageUsage(
+        input_tokens=usage.prompt_tokens - usage.cached_tokens,
+        cache_read_input_tokens=usage.cached_tokens,
+        output_tokens=usage.completion_tokens,
+    )
+
+
+def _tool_use(call: ToolCall) -> ToolUseBlock:
+    return ToolUseBlock(id=call.id_for("toolu_"), name=call.name, input=call.arguments)
+
+
+def to_message(outcome: GenerationOutcome) -> Message:
+    """The message for a finished generation: its text, then a ``tool_use`` block per call."""
+    choice = outcome.choices[0]
+    blocks: list[ResponseBlock] = [TextBlock(text=choice.text)] if choice.text else []
+    blocks.extend(_tool_use(call) for call in choice.tool_calls)
+    reason = stop_reason(choice.finish_reason, choice.stop_sequence)
+    return Message(
+        id=outcome.id,
+        model=outcome.model,
+        content=blocks,
+        stop_reason=reason,
+        stop_sequence=choice.stop_sequence if reason == "stop_sequence" else None,
+        usage=_usage(choice.usage),
+    )
+
+
+def _event(payload: StreamEvent) -> bytes:
+    return sse_event(payload.type, payload)
+
+
+_PING = _event(PingEvent())
+
+
+async def _with_keepalive(events: AsyncIterator[Any], interval: float) -> AsyncIterator[Any]:
+    """``events``, with None yielded whenever ``interval`` seconds pass without one."""
+    iterator = aiter(events)
+    pending: asyncio.Future[Any] | None = None
+    try:
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(iterator))
+            done, _ = await asyncio.wait({pending}, timeout=interval)
+            if not done:
+                yield None
+                continue
+            try:
+                item = pending.result()
+            except StopAsyncIteration:
+                return
+            pending = None
+            yield item
+    finally:
+        if pending is not None and not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
+        aclose = getattr(iterator, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+class _Blocks:
+    """The content-block events of one streamed message; blocks are numbered 0, 1, 2, ..."""
+
+    def __init__(self) -> None:
+        self.index = 0
+        self.text_open = False
+        self.pinged = False
+
+    def _start(self, block: TextBlock | ToolUseBlock) -> list[bytes]:
+        out = [_event(ContentBlockStartEvent(index=self.index, content_block=block))]
+        if not self.pinged:
+            # Where Anthropic sends its first ping: right after the first block starts.
+            out.append(_PING)
+            self.pinged = True
+        return out
+
+    def close_text(self) -> list[bytes]:
+        if not self.text_open:
+            return []
+        self.text_open = False
+        self.index += 1
+        return [_event(ContentBlockStopEvent(index=self.index - 1))]
+
+    def text(self, text: str) -> list[bytes]:
+        out = [] if self.text_open else self._start(TextBlock(text=""))
+        self.text_open = True
+        return [*out, _event(ContentBlockDeltaEvent(index=self.index, delta=TextDelta(text=text)))]
+
+    def tool_use(self, call: ToolCall) -> list[bytes]:
+        # The block starts with an empty input: the SDK's helper builds it from the deltas.
+        block = _tool_use(call).model_copy(update={"input": {}})
+        delta = InputJSONDelta(partial_json=call.arguments_json)
+        out = [
+            *self.close_text(),
+            *self._start(block),
+            _event(ContentBlockDeltaEvent(index=self.index, delta=delta)),
+            _event(ContentBlockStopEvent(index=self.index)),
+        ]
+        self.index += 1
+        return out
+
+    def end(self, event: ChoiceEnd) -> list[bytes]:
+        out = self.close_text()
+        if not self.pinged:
+            out.append(_PING)
+        reason = stop_reason(event.finish_reason, event.stop_sequence)
+        delta = StopDelta(stop_reason=reason, stop_sequence=event.stop_sequence if reason == "stop_sequence" else None)
+        return [*out, _event(MessageDeltaEvent(delta=delta, usage=_usage(event.usage)))]
+
+
+async def stream_message(generation: Generation) -> AsyncIterator[bytes]:
+    """The event stream of one message; a failure after the first event becomes ``event: error``."""
+    start = Message(
+        id=generation.id,
+        model=generation.model,
+        content=[],
+        # The cache hits are known only at the end; message_delta's usage overwrites these.
+        usage=MessageUsage(input_tokens=generation.prompt_tokens, output_tokens=0),
+    )
+    yield _event(MessageStartEvent(message=start))
+    blocks = _Blocks()
+    try:
+        # aclosing: a client that leaves must stop the waiting task at once, not at garbage collection.
+        async with contextlib.aclosing(_with_keepalive(generation.events(), KEEPALIVE_S)) as events:
+            async for event in events:
+                if event is None:
+                    chunks = [_PING]
+                elif isinstance(event, ChoiceDelta):
+                    chunks = blocks.text(event.text) if event.text else []
+                elif isinstance(event, ChoiceToolCall):
+                    chunks = blocks.tool_use(event.call)
+                else:
+                    chunks = blocks.end(event)
+                for chunk in chunks:
+                    yield chunk
+        yield _event(MessageStopEvent())
+    except Exception as e:
+        if not isinstance(e, GemmaLocalError):
+            logger.exception("error while streaming %s", generation.id)
+        yield sse_event("error", error_body(e, "anthropic"))

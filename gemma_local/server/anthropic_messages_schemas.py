@@ -1,0 +1,353 @@
+"""Request and response bodies of the Anthropic Messages API (``/v1/messages``).
+
+Requests ignore unknown keys; ``temperature``, ``top_p`` and ``top_k`` are accepted as body
+fields (anthropic 2.x clients send them through ``extra_body``). Replayed ``response.content``
+comes back exactly as it was emitted, so every block the server writes is accepted as input.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+
+from gemma_local.server.common_schemas import LogitBias, integral_numbers, reject_lone_surrogates
+
+# --- request: content blocks -----------------------------------------------------------
+
+
+class _Request(BaseModel):
+    # Strict: JSON types as the schema says them, so what /openapi.json calls invalid is a 400.
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+def _str_or_list(value: Any) -> str:
+    # Tags the branch a value is, so a bad list reports its own errors (not also "not a string").
+    return "str" if isinstance(value, str) else "list"
+
+
+class TextBlockParam(_Request):
+    type: Literal["text"]
+    text: str
+
+
+class Base64ImageSource(_Request):
+    type: Literal["base64"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"]
+    data: str
+
+
+class URLImageSource(_Request):
+    type: Literal["url"]
+    url: str = Field(description="An https URL (fetched only if the server allows remote images).")
+
+
+class ImageBlockParam(_Request):
+    type: Literal["image"]
+    source: Annotated[Base64ImageSource | URLImageSource, Field(discriminator="type")]
+
+
+class ToolUseBlockParam(_Request):
+    """A replayed call the model made."""
+
+    type: Literal["tool_use"]
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ResultBlock = Annotated[TextBlockParam | ImageBlockParam, Field(discriminator="type")]
+ResultContent = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[ResultBlock], Tag("list")], Discriminator(_str_or_list)
+]
+
+
+class ToolResultBlockParam(_Request):
+    """The result of a call, for the model to read."""
+
+    type: Literal["tool_result"]
+    tool_use_id: str
+    content: ResultContent | None = None
+    is_error: bool | None = None
+
+
+class ThinkingBlockParam(_Request):
+    """Replayed thinking (Gemma 3 writes none): accepted and left out of the prompt."""
+
+    type: Literal["thinking", "redacted_thinking"]
+
+
+ContentBlock = Annotated[
+    TextBlockParam | ImageBlockParam | ToolUseBlockParam | ToolResultBlockParam | ThinkingBlockParam,
+    Field(discriminator="type"),
+]
+
+MessageContent = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[ContentBlock], Tag("list")], Discriminator(_str_or_list)
+]
+SystemContent = Annotated[
+    Annotated[str, Tag("str")] | Annotated[list[TextBlockParam], Tag("list")], Discriminator(_str_or_list)
+]
+
+_ALLOWED_BLOCKS = {
+    "user": ("text", "image", "tool_result"),
+    "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+    "system": ("text",),
+}
+_UNSUPPORTED_BLOCKS = {
+    "document": "documents (PDF, plain-text sources) are not supported; send their text as text blocks",
+    "search_result": "search_result blocks are not supported; send their text as text blocks",
+}
+
+
+class MessageParam(_Request):
+    role: Literal["user", "assistant", "system"]
+    content: MessageContent
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blocks(cls, data: Any) -> Any:
+        # Name the problem plainly instead of a generic union error.
+        if isinstance(data, dict) and isinstance(data.get("content"), list):
+            allowed = _ALLOWED_BLOCKS.get(str(data.get("role")), ())
+            for i, block in enumerate(data["content"]):
+                kind = block.get("type") if isinstance(block, dict) else None
+                if not isinstance(kind, str):
+                    continue  # not a block at all: the union's own error says so
+                if kind in _UNSUPPORTED_BLOCKS:
+                    raise ValueError(f"content[{i}]: {_UNSUPPORTED_BLOCKS[kind]}")
+                if allowed and kind not in allowed:
+                    raise ValueError(
+                        f"content[{i}]: {kind!r} blocks are not allowed in {data.get('role')} messages; "
+                        f"use {', '.join(allowed)}"
+                    )
+        return data
+
+
+# --- request: tools and options --------------------------------------------------------
+
+
+class ToolParam(_Request):
+    """A client tool. Anthropic's server tools (web search, code execution) are not available."""
+
+    type: Literal["custom"] | None = None
+    name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")
+    description: str | None = None
+    input_schema: dict[str, Any] = Field(description="JSON Schema of the input object.")
+    strict: bool | None = None
+
+
+class ToolChoiceAuto(_Request):
+    type: Literal["auto"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceAny(_Request):
+    type: Literal["any"]
+    disable_parallel_tool_use: bool | None = None
+
+
+class ToolChoiceNone(_Request):
+    type: Literal["none"]
+
+
+class ToolChoiceTool(_Request):
+    type: Literal["tool"]
+    name: str
+    disable_parallel_tool_use: bool | None = None
+
+
+ToolChoiceParam = Annotated[
+    ToolChoiceAuto | ToolChoiceAny | ToolChoiceNone | ToolChoiceTool, Field(discriminator="type")
+]
+
+
+class JSONOutputFormat(_Request):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True, serialize_by_alias=True)
+
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema", description="The JSON Schema the answer must follow.")
+
+
+class OutputConfig(_Request):
+    format: JSONOutputFormat | None = None
+
+
+class _MessagesBase(_Request):
+    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    messages: list[MessageParam] = Field(min_length=1)
+    system: SystemContent | None = Field(None, description="Instructions, as text or text blocks.")
+    tools: list[ToolParam] | None = None
+    tool_choice: ToolChoiceParam | None = None
+    output_config: OutputConfig | None = None
+
+    _valid_text = model_validator(mode="before")(reject_lone_surrogates)
+    _integral = model_validator(mode="before")(integral_numbers("max_tokens", "top_k", "seed"))
+
+
+class MessagesRequest(_MessagesBase):
+    """``POST /v1/messages``. A last assistant message is continued (prefill)."""
+
+    max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
+    stop_sequences: list[str] | None = Field(None, description="Generation stops at the first of these.")
+    stream: bool | None = False
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
+    top_k: int | None = Field(None, ge=0, description="Default 0 (off).")
+    metadata: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
+    thinking: dict[str, Any] | None = Field(None, description="Accepted and ignored (Gemma 3 does not think aloud).")
+    service_tier: str | None = Field(None, description="Accepted and ignored.")
+    # gemma-local extensions (also the hosted API's own options).
+    web_search_linkup: bool | None = Field(
+        False, description="Search the web (or the offline index) with the latest user message and cite sources."
+    )
+    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
+    seed: int | None = Field(None, description="Extension: same seed and request, same output.")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
+    logit_bias: LogitBias | None = Field(
+        None, description="Extension: token id (as a string) → bias added to its logit."
+    )
+
+
+class CountTokensRequest(_MessagesBase):
+    """``POST /v1/messages/count_tokens``: the prompt a Messages request would have, counted."""
+
+
+# --- response ------------------------------------------------------------------------------
+
+
+class TextBlock(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class ToolUseBlock(BaseModel):
+    type: Literal["tool_use"] = "tool_use"
+    id: str
+    name: str
+    input: dict[str, Any]
+
+
+ResponseBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+
+StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
+
+
+class MessageUsage(BaseModel):
+    """Anthropic's accounting: ``input_tokens`` excludes the prompt tokens read from the cache."""
+
+    input_tokens: int
+    output_tokens: int
+    cache_creation_input_tokens: int = 0
+    cache_read_input_tokens: int = 0
+
+
+class Message(BaseModel):
+    """The answer (also the ``message`` of ``message_start``, with no content yet)."""
+
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    model: str
+    content: list[ResponseBlock]
+    stop_reason: StopReason | None = None
+    stop_sequence: str | None = None
+    usage: MessageUsage
+
+
+class TokenCount(BaseModel):
+    input_tokens: int
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """Every error on ``/v1/messages`` routes (and the ``data`` of a mid-stream ``error`` event)."""
+
+    type: Literal["error"] = "error"
+    error: ErrorDetail
+
+
+# --- stream events (``event: <type>`` + ``data: <one of these>``) -------------------------------
+
+
+class MessageStartEvent(BaseModel):
+    type: Literal["message_start"] = "message_start"
+    message: Message
+
+
+class ContentBlockStartEvent(BaseModel):
+    type: Literal["content_block_start"] = "content_block_start"
+    index: int
+    content_block: ResponseBlock
+
+
+class TextDelta(BaseModel):
+    type: Literal["text_delta"] = "text_delta"
+    text: str
+
+
+class InputJSONDelta(BaseModel):
+    type: Literal["input_json_delta"] = "input_json_delta"
+    partial_json: str
+
+
+class ContentBlockDeltaEvent(BaseModel):
+    type: Literal["content_block_delta"] = "content_block_delta"
+    index: int
+    delta: Annotated[TextDelta | InputJSONDelta, Field(discriminator="type")]
+
+
+class ContentBlockStopEvent(BaseModel):
+    type: Literal["content_block_stop"] = "content_block_stop"
+    index: int
+
+
+class StopDelta(BaseModel):
+    stop_reason: StopReason
+    stop_sequence: str | None = None
+
+
+class MessageDeltaEvent(BaseModel):
+    """The end of the message: why it stopped, and the whole usage (``input_tokens`` included)."""
+
+    type: Literal["message_delta"] = "message_delta"
+    delta: StopDelta
+    usage: MessageUsage
+
+
+class MessageStopEvent(BaseModel):
+    type: Literal["message_stop"] = "message_stop"
+
+
+class PingEvent(BaseModel):
+    """Sent once after the first block starts, and whenever the stream has been quiet a while."""
+
+    type: Literal["ping"] = "ping"
+
+
+StreamEvent = (
+    MessageStartEvent
+    | ContentBlockStartEvent
+    | ContentBlockDeltaEvent
+    | ContentBlockStopEvent
+    | MessageDeltaEvent
+    | MessageStopEvent
+    | PingEvent
+)
+#: Every event a streamed message sends (and ``event: error`` with an :class:`ErrorResponse`).
+STREAM_EVENTS = (
+    MessageStartEvent,
+    ContentBlockStartEvent,
+    ContentBlockDeltaEvent,
+    ContentBlockStopEvent,
+    MessageDeltaEvent,
+    MessageStopEvent,
+    PingEvent,
+)
