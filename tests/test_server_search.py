@@ -100,3 +100,39 @@ def test_no_provider_at_all_never_fails_the_request(engine) -> None:
         assert "Sources: none." in completion.choices[0].message.content
     finally:
         server.stop()
+
+
+def test_responses_api_metadata_footer_and_url_citations(client, search_server, engine) -> None:
+    response = client.responses.create(
+        model="gemma-3-27b",
+        input=QUESTION,
+        max_output_tokens=6,
+        temperature=0,
+        extra_body={"web_search_linkup": True},
+    )
+    assert response.output_text.endswith(f"[1] Zephyrine harbor — {search_server.docs / 'harbor.md'}")
+    assert response.metadata["search_provider"] == "local"
+    assert response.metadata["search_sources_used"] == "1"
+
+
+def test_url_citation_annotations_point_at_the_cited_source(engine, search_server) -> None:
+    """Where the answer cites [1], the output text carries a url_citation for that source."""
+    from gemma_local.engine import ChatMessage, GenerationRequest
+    from gemma_local.grounding import ground
+    from gemma_local.server.openai_responses_output import _annotations
+
+    runtime_chain = search_server.app.state.runtime.pipeline.search_chain()
+    grounding = ground(
+        GenerationRequest(messages=(ChatMessage.text("user", QUESTION),), max_tokens=8), engine, runtime_chain
+    )
+    answer = "It is cobalt blue [1]."
+    annotations = _annotations(answer + grounding.footer, grounding)
+    assert annotations == [
+        {
+            "type": "url_citation",
+            "start_index": answer.index("[1]"),
+            "end_index": answer.index("[1]") + 3,
+            "url": (search_server.docs / "harbor.md").as_uri(),
+            "title": "Zephyrine harbor",
+        }
+    ]

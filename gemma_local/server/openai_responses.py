@@ -140,7 +140,7 @@ async def create_response(
     if body.stream:
         return sse_response(stream_response(generation, base, keep, want_logprobs), on_close=generation.cancel)
     outcome = await until_disconnected(request, generation.result())
-    response = finish_response(base, outcome.choices[0], want_logprobs)
+    response = finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding)
     await keep(response)
     return JSONResponse(response.model_dump(mode="json"))
 

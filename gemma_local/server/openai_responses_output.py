@@ -16,6 +16,7 @@ from typing import Any, Literal
 from gemma_local.engine import Usage
 from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.errors import GemmaLocalError
+from gemma_local.grounding import Grounding
 from gemma_local.server.conversation import new_id, replayed_call, sampling_params
 from gemma_local.server.errors import describe
 from gemma_local.server.openai_responses_schemas import (
@@ -54,6 +55,29 @@ from gemma_local.server.sse import sse_event
 logger = logging.getLogger("gemma_local.server")
 
 
+def _search_metadata(grounding: Grounding | None) -> dict[str, str]:
+    """What the search hook did, in ``metadata`` (whose values must be strings of ≤ 512 chars)."""
+    if grounding is None:
+        return {}
+    meta = grounding.metadata
+    out = {
+        "search_provider": str(meta.get("provider") or "none"),
+        "search_sources_found": str(meta.get("sources_found", 0)),
+        "search_sources_used": str(meta.get("sources_used", 0)),
+    }
+    if meta.get("note"):
+        out["search_note"] = str(meta["note"])[:512]
+    return out
+
+
+def _annotations(text: str, grounding: Grounding | None) -> list[dict[str, Any]]:
+    """``url_citation`` annotations for each [n] in the answer that cites a source it was given."""
+    if grounding is None:
+        return []
+    answer = text.removesuffix(grounding.footer) if grounding.footer else text
+    return [c.as_url_citation() for c in grounding.citations(answer)]
+
+
 def response_base(body: ResponseCreateRequest, generation: Generation) -> Response:
     """The response object before any output: what the request asked for, echoed back."""
     fmt = body.text.format if body.text and body.text.format else FormatText(type="text")
@@ -65,7 +89,7 @@ def response_base(body: ResponseCreateRequest, generation: Generation) -> Respon
         model=generation.model,
         instructions=body.instructions,
         max_output_tokens=body.max_output_tokens,
-        metadata=body.metadata or {},
+        metadata={**(body.metadata or {}), **_search_metadata(generation.grounding)},
         parallel_tool_calls=body.parallel_tool_calls is not False,
         previous_response_id=body.previous_response_id,
         store=body.store is not False,
@@ -126,11 +150,17 @@ def _finished(base: Response, output: list[OutputItem], finish_reason: str, usag
     )
 
 
-def finish_response(base: Response, choice: ChoiceResult, want_logprobs: bool) -> Response:
+def finish_response(
+    base: Response, choice: ChoiceResult, want_logprobs: bool, grounding: Grounding | None = None
+) -> Response:
     """The complete response object for a finished choice: its message, then its function calls."""
     output: list[OutputItem] = []
     if choice.text or not choice.tool_calls:
-        part = OutputText(text=choice.text, logprobs=_logprobs(choice.logprobs) if want_logprobs else [])
+        part = OutputText(
+            text=choice.text,
+            logprobs=_logprobs(choice.logprobs) if want_logprobs else [],
+            annotations=_annotations(choice.text, grounding),
+        )
         status = "incomplete" if choice.finish_reason == "length" else "completed"
         output.append(OutputMessage(id=new_id("msg_"), status=status, content=[part]))
     output.extend(_function_call(call, "completed") for call in choice.tool_calls)
@@ -152,7 +182,15 @@ class _Events:
 class _MessageStream:
     """The events of one output message: opened at its first text, closed before anything after it."""
 
-    def __init__(self, emit: _Events, output_index: int, want_logprobs: bool, item_id: str | None = None) -> None:
+    def __init__(
+        self,
+        emit: _Events,
+        output_index: int,
+        want_logprobs: bool,
+        item_id: str | None = None,
+        grounding: Grounding | None = None,
+    ) -> None:
+        self.grounding = grounding
         self.emit = emit
         self.index = output_index
         self.id = item_id or new_id("msg_")
@@ -177,7 +215,8 @@ class _MessageStream:
         return self.emit(TextDeltaEvent, **self._where(), delta=event.text, logprobs=logprobs)
 
     def close(self, status: Literal["completed", "incomplete"]) -> tuple[OutputMessage, list[bytes]]:
-        part = OutputText(text="".join(self.text), logprobs=self.logprobs)
+        text = "".join(self.text)
+        part = OutputText(text=text, logprobs=self.logprobs, annotations=_annotations(text, self.grounding))
         item = OutputMessage(id=self.id, status=status, content=[part])
         events = [
             self.emit(TextDoneEvent, **self._where(), text=part.text, logprobs=part.logprobs),
@@ -262,7 +301,7 @@ async def stream_response(
                 if not event.text and not (want_logprobs and event.logprobs):
                     continue
                 if message is None:
-                    message = _MessageStream(emit, len(output), want_logprobs)
+                    message = _MessageStream(emit, len(output), want_logprobs, grounding=generation.grounding)
                     for chunk in message.open():
                         yield chunk
                 yield message.delta(event)
@@ -282,7 +321,7 @@ async def stream_response(
                 )
                 if message is None and not output:
                     # No text and no call: the answer is still one (empty) message.
-                    message = _MessageStream(emit, 0, want_logprobs)
+                    message = _MessageStream(emit, 0, want_logprobs, grounding=generation.grounding)
                     for chunk in message.open():
                         yield chunk
                 if message is not None:
