@@ -136,3 +136,27 @@ def test_url_citation_annotations_point_at_the_cited_source(engine, search_serve
             "title": "Zephyrine harbor",
         }
     ]
+
+
+def test_messages_api_footer_and_metadata(search_server) -> None:
+    import anthropic
+
+    client = anthropic.Anthropic(
+        base_url=search_server.base_url, api_key="unused", max_retries=0, _strict_response_validation=True
+    )
+    message = client.messages.create(
+        model="gemma-3-27b",
+        max_tokens=6,
+        messages=[{"role": "user", "content": QUESTION}],
+        extra_body={"web_search_linkup": True, "temperature": 0},
+    )
+    assert message.content[0].text.endswith(f"[1] Zephyrine harbor — {search_server.docs / 'harbor.md'}")
+    assert message.model_extra["search"]["sources_used"] == 1
+    with client.messages.stream(
+        model="gemma-3-27b",
+        max_tokens=6,
+        messages=[{"role": "user", "content": QUESTION}],
+        extra_body={"web_search_linkup": True, "disable_formatting": True, "temperature": 0},
+    ) as stream:
+        text = "".join(stream.text_stream)
+    assert "Sources:" not in text

@@ -275,6 +275,7 @@ def to_message(outcome: GenerationOutcome) -> Message:
         stop_reason=reason,
         stop_sequence=choice.stop_sequence if reason == "stop_sequence" else None,
         usage=_usage(choice.usage),
+        search=outcome.grounding.metadata if outcome.grounding is not None else None,
     )
 
 
@@ -371,6 +372,7 @@ async def stream_message(generation: Generation) -> AsyncIterator[bytes]:
         content=[],
         # The cache hits are known only at the end; message_delta's usage overwrites these.
         usage=MessageUsage(input_tokens=generation.prompt_tokens, output_tokens=0),
+        search=generation.grounding.metadata if generation.grounding is not None else None,
     )
     yield _event(MessageStartEvent(message=start))
     blocks = _Blocks()

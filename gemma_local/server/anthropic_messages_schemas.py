@@ -256,6 +256,8 @@ class Message(BaseModel):
     stop_reason: StopReason | None = None
     stop_sequence: str | None = None
     usage: MessageUsage
+    #: gemma-local extension, with ``web_search_linkup``: provider, sources found/used, note.
+    search: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
 
 
 class TokenCount(BaseModel):
