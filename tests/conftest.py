@@ -162,3 +162,17 @@ def anthropic_client(live_server):
         max_retries=0,
         timeout=120,
     )
+
+
+def wait_engine_idle(engine, timeout: float = 30.0) -> None:
+    """Wait until no generation runs beside the next one.
+
+    "Same seed, same output" holds for a request running alone: one still running from an
+    earlier test would share the batch, and batched matrix products round differently, which
+    can flip a token sampled at temperature 1.
+    """
+    import time
+
+    deadline = time.time() + timeout
+    while engine.stats().active and time.time() < deadline:
+        time.sleep(0.05)

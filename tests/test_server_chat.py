@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import openai
 import pytest
+from conftest import wait_engine_idle
 
 from gemma_local.engine import ChatMessage, GenerationRequest
 
@@ -126,8 +127,9 @@ def test_stop_as_array_and_string(openai_client, force_hello) -> None:
     assert r.choices[0].message.content == "Hel"
 
 
-def test_seed_determinism(openai_client) -> None:
+def test_seed_determinism(openai_client, engine) -> None:
     def run(seed: int) -> str:
+        wait_engine_idle(engine)
         r = openai_client.chat.completions.create(model=MODEL, messages=HI, max_tokens=6, temperature=1.0, seed=seed)
         return r.choices[0].message.content
 

@@ -17,7 +17,7 @@ import time
 import anthropic
 import httpx
 import pytest
-from conftest import TEST_API_KEY, LiveServer, server_settings
+from conftest import TEST_API_KEY, LiveServer, server_settings, wait_engine_idle
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
@@ -182,8 +182,9 @@ def test_count_tokens_matches_the_prompt(anthropic_client, engine) -> None:
     assert counted.input_tokens == prompt_len(engine, expected)
 
 
-def test_sampling_options_through_extra_body(anthropic_client) -> None:
+def test_sampling_options_through_extra_body(anthropic_client, engine) -> None:
     def run(seed: int) -> str:
+        wait_engine_idle(engine)
         m = anthropic_client.messages.create(
             model=MODEL,
             max_tokens=6,
