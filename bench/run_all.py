@@ -15,6 +15,7 @@ BENCHES = [
     ["concurrency.py"],
     ["grammar_overhead.py"],
     ["vision.py"],
+    ["soak.py"],
     ["search_index.py"],
 ]
 
