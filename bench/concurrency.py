@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import json
 import os
 import socket
@@ -70,10 +71,29 @@ def stream_once(base: str, prompt: str, n_tokens: int) -> dict:
         "stream_options": {"include_usage": True},
     }
     t0 = time.perf_counter()
-    first = last = 0.0
-    chunks = 0
-    usage_tokens = None
-    finish = None
+    state: dict = {"first": 0.0, "last": 0.0, "chunks": 0, "usage": None, "finish": None}
+    # A server that drops the stream (llama-cpp-python's does, under load) counts as cut short.
+    with contextlib.suppress(httpx.HTTPError):
+        _read_stream(base, body, state)
+    first, last, chunks, usage_tokens, finish = (
+        state["first"],
+        state["last"],
+        state["chunks"],
+        state["usage"],
+        state["finish"],
+    )
+    tokens = usage_tokens or chunks
+    return {
+        "tokens": tokens,
+        "ttft": first - t0 if first else 0.0,
+        "tok_s": (tokens - 1) / (last - first) if last > first else 0.0,
+        "start": t0,
+        "end": last or time.perf_counter(),
+        "finish": finish,
+    }
+
+
+def _read_stream(base: str, body: dict, state: dict) -> None:
     with httpx.stream("POST", f"{base}/v1/chat/completions", json=body, timeout=600) as r:
         r.raise_for_status()
         for line in r.iter_lines():
@@ -81,23 +101,14 @@ def stream_once(base: str, prompt: str, n_tokens: int) -> dict:
                 continue
             data = json.loads(line[6:])
             if data.get("usage"):
-                usage_tokens = data["usage"].get("completion_tokens")
+                state["usage"] = data["usage"].get("completion_tokens")
             for choice in data.get("choices") or []:
                 if choice.get("delta", {}).get("content"):
                     now = time.perf_counter()
-                    first = first or now
-                    last = now
-                    chunks += 1
-                finish = choice.get("finish_reason") or finish
-    tokens = usage_tokens or chunks
-    return {
-        "tokens": tokens,
-        "ttft": first - t0,
-        "tok_s": (tokens - 1) / (last - first) if last > first else 0.0,
-        "start": t0,
-        "end": last,
-        "finish": finish,
-    }
+                    state["first"] = state["first"] or now
+                    state["last"] = now
+                    state["chunks"] += 1
+                state["finish"] = choice.get("finish_reason") or state["finish"]
 
 
 def measure(base: str, n_tokens: int, rounds: int) -> dict:
