@@ -6,7 +6,6 @@ accept ``null`` as "use the default". The defaults and ranges are the hosted Gem
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -22,6 +21,8 @@ from pydantic import (
 )
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
+
+from gemma_local.server.common_schemas import LogitBias
 
 # --- request ---------------------------------------------------------------------------------
 
@@ -187,10 +188,6 @@ class StreamOptions(_Request):
 Float2 = Annotated[float, Field(ge=-2.0, le=2.0)]
 
 
-#: A token id as a ``logit_bias`` key: what the validator accepts is what the schema says.
-_TOKEN_ID = re.compile(r"^[0-9]+$")
-
-
 class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
 
@@ -225,11 +222,7 @@ class ChatCompletionRequest(_Request):
     top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(
         None, description="Most likely alternatives per token."
     )
-    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
-        None,
-        description="Token id (as a string) → bias added to its logit.",
-        json_schema_extra={"propertyNames": {"pattern": _TOKEN_ID.pattern}},
-    )
+    logit_bias: LogitBias | None = Field(None, description="Token id (as a string) → bias added to its logit.")
     user: str | None = None
     web_search_linkup: bool | None = Field(
         False, description="Search the web (or the offline index) with the latest user message and cite sources."
@@ -244,15 +237,6 @@ class ChatCompletionRequest(_Request):
     continue_final_message: bool | None = Field(
         False, description="Extension: continue a final assistant message instead of answering after it."
     )
-
-    @field_validator("logit_bias")
-    @classmethod
-    def _token_ids(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        for key in value or {}:
-            # ASCII digits only: str.isdigit() also accepts "²", which int() then refuses.
-            if not _TOKEN_ID.fullmatch(key):
-                raise ValueError(f"keys must be token ids (integers as strings), got {key!r}")
-        return value
 
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
