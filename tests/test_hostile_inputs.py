@@ -262,7 +262,7 @@ ROWS: list[Row] = [
         {"type": "object", "properties": {"a": {"type": "string", "pattern": "(((("}}},
         valid_json_schema=True,
     ),
-    Row("tools-not-a-list", lambda api: _with(api, tools={"name": "f"}), BAD, overrides={"chat": OK}),
+    Row("tools-not-a-list", lambda api: _with(api, tools={"name": "f"}), BAD),
     # --- sampling numbers ---
     Row("stop-1000-entries", lambda api: _with(api, **{api.stop_key: [f"stop{i}" for i in range(1000)]}), OK),
     Row("stop-huge-entry", lambda api: _with(api, **{api.stop_key: ["x" * 100_000]}), OK),

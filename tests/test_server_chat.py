@@ -210,7 +210,9 @@ def test_roles_and_multipart_content(openai_client, engine) -> None:
         {
             "role": "assistant",
             "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "add", "arguments": "[2, 2]"}}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 2, "b": 2}'}}
+            ],
         },
         {"role": "tool", "tool_call_id": "call_1", "content": "4"},
         {"role": "user", "content": "So?"},

@@ -23,12 +23,14 @@ QUESTION = "Write a short poem about the sea."
 MAX = 12
 
 
-def ask_all(openai_client, anthropic_client, *, user_content=QUESTION, **extra) -> dict[str, tuple[str, int, str]]:
+def ask_all(
+    openai_client, anthropic_client, *, user_content=QUESTION, max_tokens=MAX, **extra
+) -> dict[str, tuple[str, int, str]]:
     """(text, prompt tokens, finish) from each API for one greedy request."""
     chat = openai_client.chat.completions.create(
         model=MODEL,
         messages=[{"role": "system", "content": SYSTEM}, {"role": "user", "content": user_content}],
-        max_tokens=MAX,
+        max_tokens=max_tokens,
         temperature=0,
         extra_body=extra,
     )
@@ -44,7 +46,7 @@ def ask_all(openai_client, anthropic_client, *, user_content=QUESTION, **extra) 
         model=MODEL,
         instructions=SYSTEM,
         input=[{"role": "user", "content": response_content}],
-        max_output_tokens=MAX,
+        max_output_tokens=max_tokens,
         temperature=0,
         store=False,
         extra_body=extra,
@@ -68,7 +70,7 @@ def ask_all(openai_client, anthropic_client, *, user_content=QUESTION, **extra) 
         model=MODEL,
         system=SYSTEM,
         messages=[{"role": "user", "content": message_content}],
-        max_tokens=MAX,
+        max_tokens=max_tokens,
         extra_body={"temperature": 0, **extra},
     )
     finish = {"length": "max", "stop": "stop"}
@@ -163,33 +165,131 @@ def test_search_hook_in_every_api(search_server) -> None:
     assert answers["responses"] == answers["chat"] and answers["messages"] == answers["chat"]
 
 
-def test_same_forced_call_through_responses_and_messages(openai_client, anthropic_client) -> None:
-    schema = {
-        "type": "object",
-        "properties": {"city": {"type": "string", "enum": ["Paris", "Tokyo"]}},
-        "required": ["city"],
-        "additionalProperties": False,
-    }
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {"city": {"type": "string", "enum": ["Paris", "Tokyo"]}},
+    "required": ["city"],
+    "additionalProperties": False,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_same_forced_call_through_every_api(openai_client, anthropic_client, stream: bool) -> None:
     question = "What's the weather in Tokyo?"
+    common = {"model": MODEL, "temperature": 0, "stream": stream}
+    chat = openai_client.chat.completions.create(
+        **common,
+        messages=[{"role": "user", "content": question}],
+        tools=[{"type": "function", "function": {"name": "get_weather", "parameters": CITY_SCHEMA}}],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        max_tokens=48,
+    )
     response = openai_client.responses.create(
-        model=MODEL,
+        **common,
         input=question,
-        tools=[{"type": "function", "name": "get_weather", "parameters": schema, "strict": False}],
+        tools=[{"type": "function", "name": "get_weather", "parameters": CITY_SCHEMA, "strict": False}],
         tool_choice={"type": "function", "name": "get_weather"},
         max_output_tokens=48,
-        temperature=0,
         store=False,
     )
     message = anthropic_client.messages.create(
         model=MODEL,
+        stream=stream,
         max_tokens=48,
         messages=[{"role": "user", "content": question}],
-        tools=[{"name": "get_weather", "input_schema": schema}],
+        tools=[{"name": "get_weather", "input_schema": CITY_SCHEMA}],
         tool_choice={"type": "tool", "name": "get_weather"},
         extra_body={"temperature": 0},
     )
-    [call] = response.output
-    [use] = message.content
-    assert (call.name, call.arguments) == (use.name, json.dumps(use.input))
-    assert message.stop_reason == "tool_use" and response.status == "completed"
-    assert response.usage.input_tokens == message.usage.input_tokens + message.usage.cache_read_input_tokens
+    if stream:
+        arguments = {
+            "chat": "".join(
+                tc.function.arguments or ""
+                for chunk in chat
+                if chunk.choices
+                for tc in chunk.choices[0].delta.tool_calls or []
+            ),
+            "responses": "".join(e.delta for e in response if e.type == "response.function_call_arguments.delta"),
+            "messages": "".join(
+                e.delta.partial_json
+                for e in message
+                if e.type == "content_block_delta" and e.delta.type == "input_json_delta"
+            ),
+        }
+    else:
+        [chat_call] = chat.choices[0].message.tool_calls
+        [call] = response.output
+        [use] = message.content
+        assert chat.choices[0].finish_reason == "tool_calls" and message.stop_reason == "tool_use"
+        assert response.status == "completed"
+        assert chat.usage.prompt_tokens == response.usage.input_tokens
+        assert response.usage.input_tokens == message.usage.input_tokens + message.usage.cache_read_input_tokens
+        arguments = {
+            "chat": chat_call.function.arguments,
+            "responses": call.arguments,
+            "messages": json.dumps(use.input),
+        }
+    assert json.loads(arguments["chat"])["city"] in ("Paris", "Tokyo")
+    assert arguments["responses"] == arguments["chat"]
+    assert json.loads(arguments["messages"]) == json.loads(arguments["chat"])
+
+
+def test_same_structured_output_through_every_api(openai_client, anthropic_client) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"mood": {"enum": ["calm", "stormy"]}},
+        "required": ["mood"],
+        "additionalProperties": False,
+    }
+    answers = ask_all(
+        openai_client,
+        anthropic_client,
+        user_content="How is the sea today? Answer in JSON.",
+        max_tokens=40,
+        response_format={"type": "json_schema", "json_schema": {"name": "sea", "schema": schema, "strict": True}},
+        text={"format": {"type": "json_schema", "name": "sea", "schema": schema, "strict": True}},
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
+    text, _, finish = answers["chat"]
+    assert finish == "stop", answers
+    assert json.loads(text)["mood"] in ("calm", "stormy")
+    assert answers["responses"] == answers["chat"] and answers["messages"] == answers["chat"]
+
+
+def test_unsupported_schema_is_400_naming_keyword_and_parameter(http) -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "number", "multipleOf": 5}}}
+    requests = {
+        "/v1/chat/completions": (
+            {
+                "messages": [{"role": "user", "content": "Hi"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+            },
+            "response_format.json_schema.schema",
+        ),
+        "/v1/responses": (
+            {"input": "Hi", "text": {"format": {"type": "json_schema", "name": "n", "schema": schema}}},
+            "text.format.schema",
+        ),
+        "/v1/messages": (
+            {
+                "max_tokens": 5,
+                "messages": [{"role": "user", "content": "Hi"}],
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+            },
+            "output_config.format.schema",
+        ),
+    }
+    for path, (body, param) in requests.items():
+        r = http.post(path, json={"model": MODEL, **body})
+        assert r.status_code == 400, (path, r.text)
+        error = r.json()["error"]
+        assert error["type"] == "invalid_request_error" and "'multipleOf'" in error["message"], (path, error)
+        if path != "/v1/messages":  # Anthropic's error object has no param
+            assert error["param"] == param and error["code"] == "unsupported_schema"
+
+    # A function's schema is enforced, so checked, when a call is forced; with auto it is only shown.
+    tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "tools": [tool], "max_tokens": 1}
+    error = http.post("/v1/chat/completions", json={**body, "tool_choice": "required"}).json()["error"]
+    assert error["code"] == "unsupported_schema" and error["param"] == "tools", error
+    assert http.post("/v1/chat/completions", json={**body, "tool_choice": "auto"}).status_code == 200

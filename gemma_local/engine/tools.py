@@ -204,6 +204,7 @@ def tool_call_grammar(
     parallel: bool = True,
     response_schema: dict[str, Any] | None = None,
     response_strict: bool = False,
+    response_param: str = "response_format",
 ) -> str | None:
     """A GBNF grammar for the answer, or None when decoding is free.
 
@@ -217,6 +218,7 @@ def tool_call_grammar(
             With ``auto`` the answer is then either call block(s) or JSON valid against it;
             with ``none`` it is that JSON.
         response_strict: strict mode for ``response_schema``.
+        response_param: the request parameter that holds ``response_schema``, named by errors.
 
     Returns:
         Grammar text for ``SamplingParams.grammar``; every call it allows has arguments valid
@@ -224,7 +226,7 @@ def tool_call_grammar(
 
     Raises:
         UnsupportedSchemaError: a ``parameters`` schema (param ``tools``) or the response
-            schema (param ``response_format``) cannot be enforced.
+            schema (param ``response_param``) cannot be enforced.
         InvalidRequestError: a named choice names no tool on offer, or ``required`` has none.
     """
     if tool_choice in ("auto", "none") and response_schema is None:
@@ -232,7 +234,7 @@ def tool_call_grammar(
     b = GrammarBuilder(param="tools")
     text_root = None
     if response_schema is not None:
-        b.param = "response_format"
+        b.param = response_param
         text_root = b.add_schema(response_schema, hint="answer", strict=response_strict)
         b.param = "tools"
     if tool_choice == "none" or (tool_choice == "auto" and not tools):
@@ -279,6 +281,7 @@ def plan_tools(
     parallel: bool = True,
     response_schema: dict[str, Any] | None = None,
     response_strict: bool = False,
+    response_param: str = "response_format",
 ) -> ToolPlan:
     """Instructions, grammar and parsing for ``tools`` under ``tool_choice``.
 
@@ -299,6 +302,7 @@ def plan_tools(
         parallel=parallel,
         response_schema=response_schema,
         response_strict=response_strict,
+        response_param=response_param,
     )
     instructions = render_tool_instructions(tools, tool_choice) if offered else ""
     return ToolPlan(

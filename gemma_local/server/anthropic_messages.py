@@ -53,7 +53,7 @@ from gemma_local.server.anthropic_messages_schemas import (
     ToolUseBlockParam,
 )
 from gemma_local.server.auth import require_api_key
-from gemma_local.server.conversation import assistant_message, named_tool, new_id, sampling_params
+from gemma_local.server.conversation import assistant_message, function_tool, named_tool, new_id, sampling_params
 from gemma_local.server.errors import ErrorInfo, error_body, register_error_style
 from gemma_local.server.openapi import sse_event_schema
 from gemma_local.server.pipeline import (
@@ -192,7 +192,7 @@ def _tool_choice(body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSp
 
 async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeline: Pipeline) -> PipelineRequest:
     """Translate a Messages (or count_tokens) request into the pipeline's common request."""
-    tools = tuple(ToolSpec(t.name, t.description or "", t.input_schema, bool(t.strict)) for t in body.tools or [])
+    tools = tuple(function_tool(t.name, t.description, t.input_schema, t.strict) for t in body.tools or [])
     messages: list[ChatMessage] = []
     if body.system:
         system = body.system if isinstance(body.system, str) else "\n\n".join(b.text for b in body.system)
@@ -234,7 +234,9 @@ async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeli
         tool_choice=_tool_choice(body, tools),
         # Anthropic says it the other way round, on the choice itself.
         parallel_tool_calls=not getattr(body.tool_choice, "disable_parallel_tool_use", None),
-        output_format=OutputFormat(type="json_schema", schema=fmt.schema_) if fmt else None,
+        output_format=(
+            OutputFormat(type="json_schema", schema=fmt.schema_, param="output_config.format.schema") if fmt else None
+        ),
     )
 
 

@@ -11,7 +11,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
-from gemma_local.server.common_schemas import LogitBias, integral_numbers, reject_lone_surrogates
+from gemma_local.server.common_schemas import (
+    LogitBias,
+    check_forced_choice_has_tools,
+    forced_choice_needs_tools,
+    integral_numbers,
+    reject_lone_surrogates,
+)
 
 # --- request: content blocks -----------------------------------------------------------
 
@@ -174,6 +180,10 @@ class OutputConfig(_Request):
 
 
 class _MessagesBase(_Request):
+    model_config = ConfigDict(
+        json_schema_extra=forced_choice_needs_tools({"properties": {"type": {"enum": ["any", "tool"]}}})
+    )
+
     model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
     messages: list[MessageParam] = Field(min_length=1)
     system: SystemContent | None = Field(None, description="Instructions, as text or text blocks.")
@@ -183,6 +193,12 @@ class _MessagesBase(_Request):
 
     _valid_text = model_validator(mode="before")(reject_lone_surrogates)
     _integral = model_validator(mode="before")(integral_numbers("max_tokens", "top_k", "seed"))
+
+    @model_validator(mode="after")
+    def _tools_for_forced_choice(self) -> _MessagesBase:
+        forced = isinstance(self.tool_choice, ToolChoiceAny | ToolChoiceTool)
+        check_forced_choice_has_tools(forced, self.tools)
+        return self
 
 
 class MessagesRequest(_MessagesBase):

@@ -28,6 +28,28 @@ LogitBias = Annotated[
 ]
 
 
+def str_or_dict(value: Any) -> str:
+    """The ``Discriminator`` of a union of a string and an object: tags them ``str`` / ``dict``,
+    so an error names the one branch the value was meant for."""
+    return "str" if isinstance(value, str) else "dict"
+
+
+def forced_choice_needs_tools(forced_choice: dict[str, Any]) -> dict[str, Any]:
+    """JSON Schema (``if``/``then``) of the rule that a ``tool_choice`` forcing a call
+    (``forced_choice``: the subschema of such choices) needs at least one tool, so that
+    /openapi.json calls invalid what the request model refuses."""
+    return {
+        "if": {"required": ["tool_choice"], "properties": {"tool_choice": forced_choice}},
+        "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}},
+    }
+
+
+def check_forced_choice_has_tools(forces_a_call: bool, tools: list[Any] | None) -> None:
+    """The rule of :func:`forced_choice_needs_tools`, for a request model's validator."""
+    if forces_a_call and not tools:
+        raise ValueError("this tool_choice forces a function call: send at least one tool in tools")
+
+
 def reject_lone_surrogates(data: Any) -> Any:
     """A ``model_validator(mode="before")`` body: refuse text JSON allows but UTF-8 cannot carry.
 

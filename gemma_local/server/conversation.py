@@ -45,6 +45,15 @@ def assistant_message(parts: Sequence[ContentPart], calls: Sequence[ToolCall] = 
     return ChatMessage(role="assistant", content=tuple(parts), tool_calls=tuple(calls))
 
 
+def function_tool(
+    name: str, description: str | None, parameters: dict[str, Any] | None, strict: bool | None
+) -> ToolSpec:
+    """A function definition from any API; no ``parameters`` schema means no arguments."""
+    if parameters is None:
+        return ToolSpec(name=name, description=description or "", strict=bool(strict))
+    return ToolSpec(name, description or "", parameters, bool(strict))
+
+
 def named_tool(name: str, tools: Sequence[ToolSpec]) -> NamedToolChoice:
     """A tool choice naming one function, which must be among ``tools``.
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -12,10 +11,19 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
 from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextPart, Usage
+from gemma_local.engine.tools import ToolChoice, ToolSpec
 from gemma_local.engine.types import ContentPart
 from gemma_local.engine.types import TokenLogprob as EngineLogprob
+from gemma_local.engine.types import ToolCall as EngineToolCall
 from gemma_local.errors import GemmaLocalError
 from gemma_local.server.auth import require_api_key
+from gemma_local.server.conversation import (
+    assistant_message,
+    function_tool,
+    named_tool,
+    replayed_call,
+    sampling_params,
+)
 from gemma_local.server.errors import error_body
 from gemma_local.server.openai_chat_schemas import (
     AssistantMessage,
@@ -27,10 +35,16 @@ from gemma_local.server.openai_chat_schemas import (
     ChoiceLogprobs,
     ChunkChoice,
     ChunkDelta,
+    ChunkFunction,
+    ChunkToolCall,
     CompletionUsage,
+    FunctionCall,
     ImageURLPart,
+    NamedToolChoiceParam,
     PromptTokensDetails,
     RefusalPart,
+    ResponseFormatJSONObject,
+    ResponseFormatJSONSchema,
     TokenLogprob,
     ToolCall,
     TopLogprob,
@@ -38,8 +52,11 @@ from gemma_local.server.openai_chat_schemas import (
 from gemma_local.server.openapi import sse_event_schema
 from gemma_local.server.pipeline import (
     ChoiceDelta,
+    ChoiceResult,
+    ChoiceToolCall,
     Generation,
     GenerationOutcome,
+    OutputFormat,
     Pipeline,
     PipelineRequest,
     request_record,
@@ -89,19 +106,6 @@ def split_stop(stop: str | list[str] | None) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def _render_tool_calls(calls: list[ToolCall]) -> str:
-    # Replayed calls go back to the model as the JSON it is asked to write for function calls.
-    blocks = []
-    for call in calls:
-        try:
-            arguments: Any = json.loads(call.function.arguments)
-        except ValueError:
-            arguments = call.function.arguments
-        payload = json.dumps({"name": call.function.name, "arguments": arguments}, ensure_ascii=False)
-        blocks.append(f"```tool_call\n{payload}\n```")
-    return "\n".join(blocks)
-
-
 async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) -> ChatMessage:
     parts: list[ContentPart] = []
     if isinstance(message.content, str):
@@ -114,30 +118,63 @@ async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) ->
                 parts.append(TextPart(part.refusal))
             else:
                 parts.append(TextPart(part.text))
-    if message.tool_calls:
-        parts.append(TextPart(_render_tool_calls(message.tool_calls)))
+    if message.role == "assistant":
+        # Replayed calls go back to the model in the call format it writes them in.
+        calls = [
+            replayed_call(c.id, c.function.name, c.function.arguments, param=f"messages[{index}].tool_calls[{k}]")
+            for k, c in enumerate(message.tool_calls or [])
+        ]
+        return assistant_message(parts, calls)
     return ChatMessage(role=message.role, content=tuple(parts))
 
 
 def _sampling(body: ChatCompletionRequest) -> SamplingParams:
-    options: dict[str, Any] = {
-        "temperature": body.temperature,
-        "top_p": body.top_p,
-        "frequency_penalty": body.frequency_penalty,
-        "presence_penalty": body.presence_penalty,
-        "top_k": body.top_k,
-        "min_p": body.min_p,
-        "repeat_penalty": body.repeat_penalty,
-        "seed": body.seed,
-        "logit_bias": {int(k): v for k, v in (body.logit_bias or {}).items()},
-    }
-    # Unset options keep SamplingParams' defaults, which are the hosted API's.
-    return SamplingParams(**{k: v for k, v in options.items() if v is not None})
+    return sampling_params(
+        temperature=body.temperature,
+        top_p=body.top_p,
+        frequency_penalty=body.frequency_penalty,
+        presence_penalty=body.presence_penalty,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        repeat_penalty=body.repeat_penalty,
+        seed=body.seed,
+        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()} or None,
+    )
+
+
+def _tool_choice(body: ChatCompletionRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoiceParam):
+        return named_tool(choice.function.name, tools)
+    return choice or "auto"
+
+
+def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
+    fmt = body.response_format
+    if isinstance(fmt, ResponseFormatJSONSchema):
+        spec = fmt.json_schema
+        # No schema: any JSON value the model writes, which JSON mode narrows to an object.
+        if spec.schema_ is None:
+            return OutputFormat(type="json_object", name=spec.name)
+        return OutputFormat(
+            type="json_schema",
+            schema=spec.schema_,
+            name=spec.name,
+            strict=bool(spec.strict),
+            param="response_format.json_schema.schema",
+        )
+    if isinstance(fmt, ResponseFormatJSONObject):
+        return OutputFormat(type="json_object")
+    return None
 
 
 async def to_pipeline_request(body: ChatCompletionRequest, pipeline: Pipeline) -> PipelineRequest:
     """Translate a Chat Completions request into the pipeline's common request."""
     messages = tuple([await _message(m, i, pipeline) for i, m in enumerate(body.messages)])
+    tools = tuple(
+        function_tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
+        for t in body.tools or []
+    )
     generation = GenerationRequest(
         messages=messages,
         sampling=_sampling(body),
@@ -154,6 +191,10 @@ async def to_pipeline_request(body: ChatCompletionRequest, pipeline: Pipeline) -
         n=body.n or 1,
         web_search=bool(body.web_search_linkup),
         disable_formatting=bool(body.disable_formatting),
+        tools=tools,
+        tool_choice=_tool_choice(body, tools),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        output_format=_output_format(body),
     )
 
 
@@ -183,6 +224,18 @@ def _usage(usage: Usage) -> CompletionUsage:
     )
 
 
+def _tool_call(call: EngineToolCall) -> ToolCall:
+    return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments_json))
+
+
+def _assistant_message(choice: ChoiceResult) -> AssistantMessage:
+    if not choice.tool_calls:
+        return AssistantMessage(content=choice.text)
+    # Only calls: content is null (the SDK's helpers tell a call-only answer by it).
+    content = choice.text if choice.text.strip() else None
+    return AssistantMessage(content=content, tool_calls=[_tool_call(c) for c in choice.tool_calls])
+
+
 def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCompletion:
     """The ``chat.completion`` object for a finished generation."""
     return ChatCompletion(
@@ -192,7 +245,7 @@ def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCom
         choices=[
             Choice(
                 index=c.index,
-                message=AssistantMessage(content=c.text),
+                message=_assistant_message(c),
                 finish_reason=c.finish_reason,
                 logprobs=_logprobs(c.logprobs) if logprobs else None,
             )
@@ -229,6 +282,7 @@ async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> 
     try:
         # The role goes out once per choice: the SDK's helper concatenates repeated fields.
         search = generation.grounding.metadata if generation.grounding is not None else None
+        calls_made = [0] * generation.n
         for i in range(generation.n):
             yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))], search=search)
             search = None
@@ -245,6 +299,17 @@ async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> 
                         )
                     ]
                 )
+            elif isinstance(event, ChoiceToolCall):
+                # Id and name first, then the arguments, as OpenAI streams them.
+                k = calls_made[event.index]
+                calls_made[event.index] += 1
+                call = event.call
+                head = ChunkToolCall(
+                    index=k, id=call.id, type="function", function=ChunkFunction(name=call.name, arguments="")
+                )
+                arguments = ChunkToolCall(index=k, function=ChunkFunction(arguments=call.arguments_json))
+                for piece in (head, arguments):
+                    yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(tool_calls=[piece]))])
             else:
                 yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(), finish_reason=event.finish_reason)])
         if include_usage:

@@ -12,8 +12,10 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     GetJsonSchemaHandler,
+    Tag,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -22,7 +24,12 @@ from pydantic import (
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from gemma_local.server.common_schemas import LogitBias
+from gemma_local.server.common_schemas import (
+    LogitBias,
+    check_forced_choice_has_tools,
+    forced_choice_needs_tools,
+    str_or_dict,
+)
 
 # --- request ---------------------------------------------------------------------------------
 
@@ -180,6 +187,76 @@ def _integral(value: Any) -> Any:
 WHOLE = BeforeValidator(_integral)
 
 
+#: OpenAI's rule for function and response-format names.
+_NAME = r"^[a-zA-Z0-9_-]{1,64}$"
+
+
+class FunctionDefinition(_Request):
+    name: str = Field(pattern=_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(
+        None, description="JSON Schema of the arguments object; left out: a function without arguments."
+    )
+    strict: bool | None = Field(None, description="Enforce OpenAI's strict-schema rules on the arguments.")
+
+
+class ChatTool(_Request):
+    """A function the model may call."""
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(_Request):
+    name: str
+
+
+class NamedToolChoiceParam(_Request):
+    """Call this function (decoding is constrained so the call is well-formed and valid)."""
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoiceParam = Annotated[
+    Annotated[Literal["none", "auto", "required"], Tag("str")] | Annotated[NamedToolChoiceParam, Tag("dict")],
+    Discriminator(str_or_dict),
+]
+
+
+class ResponseFormatText(_Request):
+    type: Literal["text"]
+
+
+class ResponseFormatJSONObject(_Request):
+    """Any JSON object."""
+
+    type: Literal["json_object"]
+
+
+class JSONSchemaFormat(_Request):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True, serialize_by_alias=True)
+
+    name: str = Field(pattern=_NAME)
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(
+        None, alias="schema", description="The JSON Schema the answer must follow (left out: any JSON)."
+    )
+    strict: bool | None = Field(None, description="Enforce OpenAI's strict-schema rules on the schema.")
+
+
+class ResponseFormatJSONSchema(_Request):
+    """JSON valid against ``json_schema.schema``."""
+
+    type: Literal["json_schema"]
+    json_schema: JSONSchemaFormat
+
+
+ResponseFormat = Annotated[
+    ResponseFormatText | ResponseFormatJSONObject | ResponseFormatJSONSchema, Field(discriminator="type")
+]
+
+
 class StreamOptions(_Request):
     include_usage: bool | None = Field(None, description="Send a last chunk with the usage of the whole request.")
     include_obfuscation: bool | None = Field(None, description="Accepted; there is no obfuscation padding.")
@@ -192,10 +269,16 @@ class ChatCompletionRequest(_Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
-        # top_logprobs needs logprobs: true (the `_logprobs` validator), said in the schema too.
+        # What the validators below enforce, said in the schema too: top_logprobs needs
+        # logprobs: true, a forced tool_choice needs tools.
         json_schema_extra={
-            "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
-            "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+            "allOf": [
+                {
+                    "if": {"required": ["top_logprobs"], "properties": {"top_logprobs": {"type": "integer"}}},
+                    "then": {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+                },
+                forced_choice_needs_tools({"anyOf": [{"const": "required"}, {"type": "object"}]}),
+            ]
         }
     )
 
@@ -224,6 +307,14 @@ class ChatCompletionRequest(_Request):
     )
     logit_bias: LogitBias | None = Field(None, description="Token id (as a string) → bias added to its logit.")
     user: str | None = None
+    tools: list[ChatTool] | None = Field(None, description="Functions the model may call.")
+    tool_choice: ToolChoiceParam | None = Field(
+        None, description="none, auto (the default with tools), required, or a named function."
+    )
+    parallel_tool_calls: bool | None = Field(None, description="Allow several calls in one answer (default true).")
+    response_format: ResponseFormat | None = Field(
+        None, description="Structured output: json_object, or json_schema (grammar-constrained decoding)."
+    )
     web_search_linkup: bool | None = Field(
         False, description="Search the web (or the offline index) with the latest user message and cite sources."
     )
@@ -238,10 +329,19 @@ class ChatCompletionRequest(_Request):
         False, description="Extension: continue a final assistant message instead of answering after it."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_legacy_functions(cls, data: Any) -> Any:
+        # Ignoring them would answer as if no function had been offered.
+        if isinstance(data, dict) and (data.get("functions") is not None or data.get("function_call") is not None):
+            raise ValueError("functions and function_call are deprecated and not supported: send tools and tool_choice")
+        return data
+
     @model_validator(mode="after")
     def _logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
+        check_forced_choice_has_tools(self.tool_choice not in (None, "none", "auto"), self.tools)
         return self
 
 
@@ -265,8 +365,10 @@ class ChoiceLogprobs(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
+    #: None when the answer is only function calls.
     content: str | None
     refusal: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
 
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
@@ -304,9 +406,24 @@ class ChatCompletion(BaseModel):
     search: dict[str, Any] | None = None
 
 
+class ChunkFunction(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ChunkToolCall(BaseModel):
+    """A piece of call ``index``: its first piece has the id and name, later ones more arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: ChunkFunction
+
+
 class ChunkDelta(BaseModel):
     role: Literal["assistant"] | None = None
     content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
 
 
 class ChunkChoice(BaseModel):

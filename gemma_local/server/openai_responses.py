@@ -20,7 +20,14 @@ from gemma_local.engine.types import ContentPart
 from gemma_local.errors import InvalidRequestError
 from gemma_local.paths import data_file
 from gemma_local.server.auth import require_api_key
-from gemma_local.server.conversation import assistant_message, named_tool, new_id, replayed_call, sampling_params
+from gemma_local.server.conversation import (
+    assistant_message,
+    function_tool,
+    named_tool,
+    new_id,
+    replayed_call,
+    sampling_params,
+)
 from gemma_local.server.errors import ResourceNotFoundError
 from gemma_local.server.openai_chat import split_stop
 from gemma_local.server.openai_responses_output import finish_response, replay_stream, response_base, stream_response
@@ -33,7 +40,6 @@ from gemma_local.server.openai_responses_schemas import (
     FunctionCall,
     FunctionCallItemParam,
     FunctionCallOutputItemParam,
-    FunctionToolParam,
     InputImagePart,
     InputItemList,
     MessageItemBase,
@@ -295,12 +301,6 @@ async def to_messages(items: list[StoredItem], params: list[str], pipeline: Pipe
     return messages
 
 
-def _tool_spec(tool: FunctionToolParam) -> ToolSpec:
-    if tool.parameters is None:  # no schema: a function without arguments
-        return ToolSpec(name=tool.name, description=tool.description or "", strict=bool(tool.strict))
-    return ToolSpec(tool.name, tool.description or "", tool.parameters, bool(tool.strict))
-
-
 def _tool_choice(body: ResponseCreateRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceFunction):
@@ -311,7 +311,9 @@ def _tool_choice(body: ResponseCreateRequest, tools: tuple[ToolSpec, ...]) -> To
 def _output_format(body: ResponseCreateRequest) -> OutputFormat | None:
     fmt = body.text.format if body.text else None
     if isinstance(fmt, FormatJSONSchema):
-        return OutputFormat(type="json_schema", schema=fmt.schema_, name=fmt.name, strict=bool(fmt.strict))
+        return OutputFormat(
+            type="json_schema", schema=fmt.schema_, name=fmt.name, strict=bool(fmt.strict), param="text.format.schema"
+        )
     if isinstance(fmt, FormatJSONObject):
         return OutputFormat(type="json_object")
     return None
@@ -321,7 +323,7 @@ async def to_pipeline_request(
     body: ResponseCreateRequest, items: list[StoredItem], params: list[str], pipeline: Pipeline
 ) -> PipelineRequest:
     """Translate a Responses request (its conversation already resolved) into the common request."""
-    tools = tuple(_tool_spec(t) for t in body.tools or [])
+    tools = tuple(function_tool(t.name, t.description, t.parameters, t.strict) for t in body.tools or [])
     messages = await to_messages(items, params, pipeline)
     if body.instructions:
         messages.insert(0, ChatMessage.text("system", body.instructions))

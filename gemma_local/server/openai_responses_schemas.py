@@ -13,7 +13,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from gemma_local.server.common_schemas import LogitBias, integral_numbers, reject_lone_surrogates
+from gemma_local.server.common_schemas import (
+    LogitBias,
+    check_forced_choice_has_tools,
+    forced_choice_needs_tools,
+    integral_numbers,
+    reject_lone_surrogates,
+    str_or_dict,
+)
 
 ImageDetail = Literal["auto", "low", "high", "original"]
 ItemStatus = Literal["in_progress", "completed", "incomplete"]
@@ -203,13 +210,9 @@ class ToolChoiceFunction(_Request):
     name: str
 
 
-def _str_or_dict(value: Any) -> str:
-    return "str" if isinstance(value, str) else "dict"
-
-
 ToolChoiceParam = Annotated[
     Annotated[Literal["none", "auto", "required"], Tag("str")] | Annotated[ToolChoiceFunction, Tag("dict")],
-    Discriminator(_str_or_dict),
+    Discriminator(str_or_dict),
 ]
 
 
@@ -244,6 +247,10 @@ class TextConfig(_Request):
 
 class ResponseCreateRequest(_Request):
     """``POST /v1/responses``. Omitted or null options take the hosted API's defaults."""
+
+    model_config = ConfigDict(
+        json_schema_extra=forced_choice_needs_tools({"anyOf": [{"const": "required"}, {"type": "object"}]})
+    )
 
     model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
     input: Input = Field(description="A user message, or a list of input items.")
@@ -297,6 +304,11 @@ class ResponseCreateRequest(_Request):
         if value is not None and value is not False:
             raise ValueError("only false: background responses are not supported (use stream: true)")
         return value
+
+    @model_validator(mode="after")
+    def _tools_for_forced_choice(self) -> ResponseCreateRequest:
+        check_forced_choice_has_tools(self.tool_choice not in (None, "none", "auto"), self.tools)
+        return self
 
 
 # --- response ---------------------------------------------------------------------------

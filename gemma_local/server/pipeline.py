@@ -197,6 +197,7 @@ class Generation:
         record: RequestRecord | None,
         grounding: Grounding | None = None,
         tool_plan: ToolPlan | None = None,
+        own_stops: tuple[str, ...] = (),
     ) -> None:
         self.id = request.request_id
         #: The search hook's sources, footer and metadata (None unless web search was asked).
@@ -210,6 +211,9 @@ class Generation:
         self._record = record
         self._progress = _Progress()
         self._consumed = False
+        # Stop sequences the tool plan added: the client did not ask for them, so an answer
+        # they end is reported as a plain stop.
+        self._own_stops = own_stops
         # JSON requested as the answer: a leading "{" is content, not a call without its fence.
         bare_calls = request.output_format is None or request.output_format.response_schema is None
         self._splitters = [CallSplitter(tool_plan, request.tools, bare_calls=bare_calls) for _ in streams]
@@ -330,7 +334,7 @@ class Generation:
         return ChoiceEnd(
             index=index,
             finish_reason=event.finish_reason,
-            stop_sequence=event.stop_sequence,
+            stop_sequence=None if event.stop_sequence in self._own_stops else event.stop_sequence,
             usage=event.usage,
             timings=event.timings,
         )
@@ -462,11 +466,13 @@ class Pipeline:
                 request.generation, self.engine, self.search_chain(), disable_formatting=request.disable_formatting
             )
             request = replace(request, generation=grounding.request)
+        asked_stops = request.generation.stop
         request, plan = self._plan(request)
         requests = self._choice_requests(request)
         # Tokenizing a long prompt takes a while: keep it off the event loop.
         streams = await anyio.to_thread.run_sync(self._submit_all, requests)
-        return Generation(request, streams, self.metrics, record, grounding, plan)
+        own_stops = tuple(s for s in plan.stop if s not in asked_stops) if plan is not None else ()
+        return Generation(request, streams, self.metrics, record, grounding, plan, own_stops)
 
     def search_chain(self) -> ProviderChain:
         """The search providers, built on first use from ``GEMMA_LOCAL_*`` settings unless given.

@@ -29,6 +29,8 @@ class OutputFormat:
     schema: dict[str, Any] | None = None
     name: str | None = None
     strict: bool = False
+    #: Where the request holds the schema, for errors (``text.format.schema``…).
+    param: str = "response_format"
 
     @property
     def response_schema(self) -> dict[str, Any] | None:
@@ -59,7 +61,7 @@ def plan_generation(
         InvalidRequestError: a named tool choice names no tool, or ``required`` has none (400).
     """
     schema = output_format.response_schema if output_format is not None else None
-    if not tools and schema is None:
+    if not tools and schema is None and tool_choice in ("none", "auto"):
         return generation, None
     plan = plan_tools(
         tools,
@@ -67,12 +69,15 @@ def plan_generation(
         parallel=parallel,
         response_schema=schema,
         response_strict=bool(output_format and output_format.strict),
+        response_param=output_format.param if output_format is not None else "response_format",
     )
     update: dict[str, Any] = {}
     if plan.instructions:
         update["messages"] = (ChatMessage.text("system", plan.instructions), *generation.messages)
     if plan.grammar:
         update["sampling"] = generation.sampling.model_copy(update={"grammar": plan.grammar})
+    if plan.stop:
+        update["stop"] = (*generation.stop, *(s for s in plan.stop if s not in generation.stop))
     return generation.model_copy(update=update), plan
 
 
