@@ -8,7 +8,7 @@ logit_bias so every answer has the same length):
 - four streams: aggregate tokens/s of four concurrent streamed answers, and how many of the
   four were cut short.
 
-    .venv/bin/python bench/concurrency.py [--tokens 128] [--rounds 3] [--skip-llama-cpp-python]
+    .venv/bin/python bench/concurrency.py [--tokens 128] [--rounds 5] [--skip-llama-cpp-python]
 
 llama-server is built by bench/build_llama_server.sh from the llama.cpp source vendored in
 the installed llama-cpp-python version (cached outside the repo).
@@ -20,7 +20,6 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -111,151 +110,171 @@ def _read_stream(base: str, body: dict, state: dict) -> None:
                 state["finish"] = choice.get("finish_reason") or state["finish"]
 
 
-def measure(base: str, n_tokens: int, rounds: int) -> dict:
-    stream_once(base, "Hello", 8)  # warm-up
-    single = [stream_once(base, PROMPTS[0], n_tokens)["tok_s"] for _ in range(rounds)]
-    aggregates, cut = [], 0
-    for _ in range(rounds):
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            results = list(pool.map(lambda p: stream_once(base, p, n_tokens), PROMPTS))
-        wall = max(r["end"] for r in results) - min(r["start"] for r in results)
-        aggregates.append(sum(r["tokens"] for r in results) / wall)
-        cut += sum(1 for r in results if r["tokens"] < n_tokens)
-    return {
-        "one_stream_tok_s": round(median(single), 2),
-        "four_streams_aggregate_tok_s": round(median(aggregates), 2),
-        "streams_cut_short": cut,
-        "streams_total": 4 * rounds,
-    }
+def one_round(base: str, n_tokens: int) -> tuple[float, float, int]:
+    """(one-stream tok/s, four-stream aggregate tok/s, streams cut short) for one server."""
+    single = stream_once(base, PROMPTS[0], n_tokens)["tok_s"]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda p: stream_once(base, p, n_tokens), PROMPTS))
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    cut = sum(1 for r in results if r["tokens"] < n_tokens)
+    return single, sum(r["tokens"] for r in results) / wall, cut
 
 
-def run_server(name: str, cmd: list[str], port: int, n_tokens: int, rounds: int, env: dict | None = None) -> dict:
-    print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
-    proc = subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(base, proc)
-        result = measure(base, n_tokens, rounds)
-    finally:
-        proc.terminate()
+class Server:
+    """A server process started for the whole run (idle between its rounds)."""
+
+    def __init__(self, name: str, cmd: list[str], port: int) -> None:
+        print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        self.name = name
+        self.base = f"http://127.0.0.1:{port}"
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.single: list[float] = []
+        self.aggregate: list[float] = []
+        self.cut = 0
+
+    def start(self) -> None:
+        wait_ready(self.base, self.proc)
+        stream_once(self.base, "Hello", 8)  # warm-up
+
+    def stop(self) -> None:
+        self.proc.terminate()
         try:
-            proc.wait(30)
+            self.proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
-    print(f"    {result}", file=sys.stderr, flush=True)
-    return result
+            self.proc.kill()
+
+    def summary(self) -> dict:
+        return {
+            "one_stream_tok_s": round(median(self.single), 2),
+            "four_streams_aggregate_tok_s": round(median(self.aggregate), 2),
+            "one_stream_rounds": [round(x, 2) for x in self.single],
+            "four_streams_rounds": [round(x, 2) for x in self.aggregate],
+            "streams_cut_short": self.cut,
+            "streams_total": 4 * len(self.aggregate),
+        }
+
+
+def run_interleaved(servers: list[Server], n_tokens: int, rounds: int) -> None:
+    """Every server answers round 1, then every server round 2, ...: a machine that speeds up
+    or slows down during the run (this VM does, by ±15 %) affects them all alike."""
+    for server in servers:
+        server.start()
+    for r in range(rounds):
+        for server in servers:
+            single, aggregate, cut = one_round(server.base, n_tokens)
+            server.single.append(single)
+            server.aggregate.append(aggregate)
+            server.cut += cut
+            print(f"    round {r + 1} {server.name}: {single:.1f} tok/s, 4 streams {aggregate:.1f}", file=sys.stderr)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
     args = parser.parse_args()
     path = str(model_path())
     t = str(THREADS)
-    results: dict[str, dict] = {}
-
-    port = free_port()
-    results["gemma_local"] = run_server(
-        "gemma-local",
-        [
-            sys.executable,
-            "-m",
-            "gemma_local",
-            "serve",
-            "--model",
-            path,
-            "--port",
-            str(port),
-            "--parallel",
-            "4",
-            "--ctx",
-            str(args.ctx),
-            "--threads",
-            t,
-        ],
-        port,
-        args.tokens,
-        args.rounds,
-    )
-
     llama_server = (
         subprocess.run([str(HERE / "build_llama_server.sh")], capture_output=True, text=True, check=True)
         .stdout.strip()
         .splitlines()[-1]
     )
-    port = free_port()
-    results["llama_server"] = run_server(
-        "llama-server",
-        [
-            llama_server,
-            "-m",
-            path,
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--parallel",
-            "4",
-            "-c",
-            str(4 * args.ctx),
-            "-t",
-            t,
-            "-tb",
-            t,
-            "-fa",
-            "on",
-        ],
-        port,
-        args.tokens,
-        args.rounds,
-    )
-
-    if not args.skip_llama_cpp_python:
-        port = free_port()
-        results["llama_cpp_python_server"] = run_server(
-            "llama-cpp-python server",
+    ours_port, anchor_port, lcp_port = free_port(), free_port(), free_port()
+    servers = [
+        Server(
+            "gemma_local",
             [
                 sys.executable,
                 "-m",
-                "llama_cpp.server",
+                "gemma_local",
+                "serve",
                 "--model",
                 path,
                 "--port",
-                str(port),
+                str(ours_port),
+                "--parallel",
+                "4",
+                "--ctx",
+                str(args.ctx),
+                "--threads",
+                t,
+            ],
+            ours_port,
+        ),
+        Server(
+            "llama_server",
+            [
+                llama_server,
+                "-m",
+                path,
+                "--port",
+                str(anchor_port),
                 "--host",
                 "127.0.0.1",
-                "--n_threads",
+                "--parallel",
+                "4",
+                "-c",
+                str(4 * args.ctx),
+                "-t",
                 t,
-                "--n_threads_batch",
+                "-tb",
                 t,
-                "--n_ctx",
-                str(args.ctx),
+                "-fa",
+                "on",
             ],
-            port,
-            args.tokens,
-            args.rounds,
-        )
-
-    ours, anchor = results["gemma_local"], results["llama_server"]
-    ratios = {
-        "one_stream_vs_llama_server": round(ours["one_stream_tok_s"] / anchor["one_stream_tok_s"], 3),
-        "four_streams_vs_llama_server": round(
-            ours["four_streams_aggregate_tok_s"] / anchor["four_streams_aggregate_tok_s"], 3
+            anchor_port,
         ),
+    ]
+    if not args.skip_llama_cpp_python:
+        servers.append(
+            Server(
+                "llama_cpp_python_server",
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    path,
+                    "--port",
+                    str(lcp_port),
+                    "--host",
+                    "127.0.0.1",
+                    "--n_threads",
+                    t,
+                    "--n_threads_batch",
+                    t,
+                    "--n_ctx",
+                    str(args.ctx),
+                    # This GGUF has no chat template: without it the server falls back to
+                    # llama-2's format and the 270M model ends every answer at once.
+                    "--chat_format",
+                    "gemma",
+                ],
+                lcp_port,
+            )
+        )
+    try:
+        run_interleaved(servers, args.tokens, args.rounds)
+    finally:
+        for server in servers:
+            server.stop()
+    results = {server.name: server.summary() for server in servers}
+
+    def ratio(a: Server, b: Server, attr: str) -> float:
+        # Median of the per-round ratios: each compares two servers measured minutes apart.
+        return round(median([x / max(y, 1e-9) for x, y in zip(getattr(a, attr), getattr(b, attr), strict=True)]), 3)
+
+    ours, anchor = servers[0], servers[1]
+    ratios = {
+        "one_stream_vs_llama_server": ratio(ours, anchor, "single"),
+        "four_streams_vs_llama_server": ratio(ours, anchor, "aggregate"),
     }
-    if "llama_cpp_python_server" in results:
-        lcp = results["llama_cpp_python_server"]
-        ratios["one_stream_vs_llama_cpp_python"] = round(
-            ours["one_stream_tok_s"] / max(lcp["one_stream_tok_s"], 1e-9), 2
-        )
-        ratios["four_streams_vs_llama_cpp_python"] = round(
-            ours["four_streams_aggregate_tok_s"] / max(lcp["four_streams_aggregate_tok_s"], 1e-9), 2
-        )
+    if len(servers) > 2:
+        ratios["one_stream_vs_llama_cpp_python"] = ratio(ours, servers[2], "single")
+        ratios["four_streams_vs_llama_cpp_python"] = ratio(ours, servers[2], "aggregate")
     write_result(
         "concurrency",
         {
@@ -263,6 +282,7 @@ def main() -> None:
             "machine": machine(),
             "model": Path(path).name,
             "tokens": args.tokens,
+            "rounds": args.rounds,
             "results": results,
             "ratios": ratios,
         },

@@ -33,6 +33,8 @@ def test_shape_read_from_the_gguf_header(model_path: Path) -> None:
         (4096, 1, "f16", True),
         (16384, 1, "f16", True),
         (4096, 3, "f16", False),
+        (2048, 4, "f16", False),
+        (2048, 4, "f16", True),
         (8192, 1, "q8_0", False),
     ],
 )

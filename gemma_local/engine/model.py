@@ -3,7 +3,7 @@
 This is the only module that creates llama.cpp models and contexts. Settings that the
 ``Llama()`` wrapper gets wrong for Gemma 3 are chosen here on purpose: threads = physical
 cores, flash attention where supported, ``swa_full=False`` (interleaved sliding-window cache),
-one KV stream per sequence slot.
+and one unified KV cache shared by the sequence slots.
 """
 
 from __future__ import annotations
@@ -190,8 +190,12 @@ class LlamaModel:
         cp.type_k = _KV_TYPES[p.kv_type]
         cp.type_v = _KV_TYPES[p.kv_type]
         cp.swa_full = p.swa_full
-        # One KV stream per sequence: a slot's context cannot be eaten by its neighbours.
-        cp.kv_unified = False
+        # One unified KV cache for all slots. Separate per-slot streams cost llama.cpp's CPU
+        # backend about a third of its batched decode speed (bench/README.md), and a unified
+        # sliding-window cache is smaller (n_swa × slots + n_ubatch cells instead of
+        # (n_swa + n_ubatch) × slots). Slots still cannot eat each other's room: the scheduler
+        # caps every sequence at n_ctx_per_seq positions, so together they never exceed n_ctx.
+        cp.kv_unified = True
         cp.no_perf = True
         cp.embeddings = False
         llama_log.clear()
@@ -207,7 +211,8 @@ class LlamaModel:
             )
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-        self.n_ctx_per_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
+        # llama.cpp gives every sequence of a unified cache all of n_ctx; ours get a share each.
+        self.n_ctx_per_seq = self.n_ctx // p.n_seq
         self.n_batch = cp.n_batch
 
     def _failure(self, what: str) -> str:

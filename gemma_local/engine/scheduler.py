@@ -40,8 +40,9 @@ from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationErr
 
 logger = logging.getLogger("gemma_local.engine")
 
-#: A busy slot's KV is copied for a new request only when it saves at least this many tokens
-#: of prompt processing over the best free slot (a copy moves a whole KV stream).
+#: A busy slot's KV is shared with a new request only when it saves at least this many tokens
+#: of prompt processing over the best free slot (below that, keeping the free slot's own
+#: cache for a later request is worth more).
 MIN_PREFIX_COPY = 256
 
 
@@ -248,7 +249,8 @@ class Scheduler:
         Free slots keep the KV of their last request, so they double as the prefix cache; the
         one chosen for a prompt that matches nothing is the least recently used (LRU eviction).
         When a *busy* slot shares a much longer prefix (many chats on one system prompt), its
-        whole KV stream is copied into the free slot and trimmed, instead of recomputing.
+        KV is shared with the free slot (cells of a unified cache get a second sequence id, no
+        data moves) and trimmed, instead of recomputing.
         """
         free = [s for s in self.slots if s.job is None]
         best = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
@@ -260,8 +262,7 @@ class Scheduler:
                 target = min(free, key=lambda s: (common_prefix_len(s.cached, prompt), s.last_used))
                 mem = self.model.memory
                 llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-                # Across KV streams llama.cpp copies whole buffers (at the next decode); the
-                # tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
+                # The tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
                 llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, -1, -1)
                 target.cached = list(donor.cached)
                 return target
