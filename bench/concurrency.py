@@ -1,8 +1,9 @@
 """Serving speed: gemma-local vs llama.cpp's own llama-server vs llama-cpp-python's server.
 
-All three serve the same GGUF with the same threads on this machine, one after the other, and
-answer the same OpenAI-style streamed chat requests (128 tokens, end-of-turn banned through
-logit_bias so every answer has the same length):
+All serve the same GGUF with the same threads on this machine (llama-cpp-python's server also
+once more with its own defaults), are started together and measured in alternating rounds,
+and answer the same OpenAI-style streamed chat requests (128 tokens, end-of-turn banned
+through logit_bias so every answer has the same length):
 
 - one stream: tokens/s of a single streamed answer (median of rounds);
 - four streams: aggregate tokens/s of four concurrent streamed answers, and how many of the
@@ -256,6 +257,26 @@ def main() -> None:
                 lcp_port,
             )
         )
+        # As a user runs it: its own defaults (threads = half the cores, here one), plus the
+        # chat format it cannot do without for this GGUF.
+        lcp_defaults_port = free_port()
+        servers.append(
+            Server(
+                "llama_cpp_python_server_defaults",
+                [
+                    sys.executable,
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    path,
+                    "--port",
+                    str(lcp_defaults_port),
+                    "--chat_format",
+                    "gemma",
+                ],
+                lcp_defaults_port,
+            )
+        )
     try:
         run_interleaved(servers, args.tokens, args.rounds)
     finally:
@@ -264,7 +285,7 @@ def main() -> None:
     results = {server.name: server.summary() for server in servers}
 
     def ratio(a: Server, b: Server, attr: str) -> float:
-        # Median of the per-round ratios: each compares two servers measured minutes apart.
+        # Median of the per-round ratios: each compares two servers measured seconds apart.
         return round(median([x / max(y, 1e-9) for x, y in zip(getattr(a, attr), getattr(b, attr), strict=True)]), 3)
 
     ours, anchor = servers[0], servers[1]
@@ -272,9 +293,9 @@ def main() -> None:
         "one_stream_vs_llama_server": ratio(ours, anchor, "single"),
         "four_streams_vs_llama_server": ratio(ours, anchor, "aggregate"),
     }
-    if len(servers) > 2:
-        ratios["one_stream_vs_llama_cpp_python"] = ratio(ours, servers[2], "single")
-        ratios["four_streams_vs_llama_cpp_python"] = ratio(ours, servers[2], "aggregate")
+    for other, label in zip(servers[2:], ("llama_cpp_python", "llama_cpp_python_defaults"), strict=True):
+        ratios[f"one_stream_vs_{label}"] = ratio(ours, other, "single")
+        ratios[f"four_streams_vs_{label}"] = ratio(ours, other, "aggregate")
     write_result(
         "concurrency",
         {
