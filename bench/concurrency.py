@@ -230,53 +230,22 @@ def main() -> None:
         ),
     ]
     if not args.skip_llama_cpp_python:
+
+        def llama_cpp_python(name: str, port: int, *options: str) -> Server:
+            # This GGUF has no chat template: without --chat_format the server falls back to
+            # llama-2's format and the 270M model ends every answer at once.
+            command = [sys.executable, "-m", "llama_cpp.server", "--model", path, "--port", str(port)]
+            return Server(name, [*command, "--chat_format", "gemma", *options], port)
+
         servers.append(
-            Server(
+            llama_cpp_python(
                 "llama_cpp_python_server",
-                [
-                    sys.executable,
-                    "-m",
-                    "llama_cpp.server",
-                    "--model",
-                    path,
-                    "--port",
-                    str(lcp_port),
-                    "--host",
-                    "127.0.0.1",
-                    "--n_threads",
-                    t,
-                    "--n_threads_batch",
-                    t,
-                    "--n_ctx",
-                    str(args.ctx),
-                    # This GGUF has no chat template: without it the server falls back to
-                    # llama-2's format and the 270M model ends every answer at once.
-                    "--chat_format",
-                    "gemma",
-                ],
                 lcp_port,
+                *("--host", "127.0.0.1", "--n_threads", t, "--n_threads_batch", t, "--n_ctx", str(args.ctx)),
             )
         )
-        # As a user runs it: its own defaults (threads = half the cores, here one), plus the
-        # chat format it cannot do without for this GGUF.
-        lcp_defaults_port = free_port()
-        servers.append(
-            Server(
-                "llama_cpp_python_server_defaults",
-                [
-                    sys.executable,
-                    "-m",
-                    "llama_cpp.server",
-                    "--model",
-                    path,
-                    "--port",
-                    str(lcp_defaults_port),
-                    "--chat_format",
-                    "gemma",
-                ],
-                lcp_defaults_port,
-            )
-        )
+        # As a user runs it: its own defaults (threads = half the cores, here one).
+        servers.append(llama_cpp_python("llama_cpp_python_server_defaults", free_port()))
     try:
         run_interleaved(servers, args.tokens, args.rounds)
     finally:

@@ -60,6 +60,32 @@ def test_concurrent_greedy_requests_match_their_solo_runs(engine) -> None:
     assert identical >= len(PROMPTS) - 1
 
 
+def test_every_batch_is_in_sequence_order(engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """llama.cpp decodes one token of each KV stream in one pass only when the batch lists the
+    sequences in increasing order; out of order, four streams cost up to four passes."""
+    import llama_cpp
+
+    decode = llama_cpp.llama_decode
+    seen: list[list[int]] = []
+
+    def recording_decode(ctx, batch):
+        seen.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return decode(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", recording_decode)
+    wait_idle(engine)
+    # The second round is admitted in the reverse order of the first, and each request finds
+    # its prefix in the slot of its first run: one of the two rounds is admitted out of slot
+    # order, whatever slots the first round got.
+    for order in (PROMPTS, PROMPTS[::-1]):
+        streams = [engine.submit(req(p, max_tokens=4)) for p in order]
+        for stream in streams:
+            stream.result()
+    batches = [ids for ids in seen if len(set(ids)) > 1]
+    assert batches, "no step ran several sequences at once"
+    assert all(ids == sorted(ids) for ids in batches), batches
+
+
 def test_cancelling_one_stream_leaves_the_others_untouched(engine) -> None:
     expected = [token_texts(engine, req(p, max_tokens=16)) for p in PROMPTS[:2]]
     engine.clear_prefix_cache()

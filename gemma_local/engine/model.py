@@ -3,7 +3,7 @@
 This is the only module that creates llama.cpp models and contexts. Settings that the
 ``Llama()`` wrapper gets wrong for Gemma 3 are chosen here on purpose: threads = physical
 cores, flash attention where supported, ``swa_full=False`` (interleaved sliding-window cache),
-and one unified KV cache shared by the sequence slots.
+one KV stream per sequence slot.
 """
 
 from __future__ import annotations
@@ -116,6 +116,16 @@ def _ran_out_of_memory(log_lines: list[str]) -> bool:
     return any("alloc" in line.lower() and ("fail" in line.lower() or "unable" in line.lower()) for line in log_lines)
 
 
+def token_piece(vocab, token: int) -> bytes:
+    """The bytes ``token`` of ``vocab`` stands for (control tokens render as nothing)."""
+    buf = ctypes.create_string_buffer(64)
+    n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    if n < 0:
+        buf = ctypes.create_string_buffer(-n)
+        n = llama_cpp.llama_token_to_piece(vocab, token, buf, len(buf), 0, False)
+    return buf.raw[:n]
+
+
 class LlamaModel:
     """A loaded model and its context. Not thread-safe: the scheduler thread owns decoding."""
 
@@ -190,12 +200,11 @@ class LlamaModel:
         cp.type_k = _KV_TYPES[p.kv_type]
         cp.type_v = _KV_TYPES[p.kv_type]
         cp.swa_full = p.swa_full
-        # One unified KV cache for all slots. Separate per-slot streams cost llama.cpp's CPU
-        # backend about a third of its batched decode speed (bench/README.md), and a unified
-        # sliding-window cache is smaller (n_swa × slots + n_ubatch cells instead of
-        # (n_swa + n_ubatch) × slots). Slots still cannot eat each other's room: the scheduler
-        # caps every sequence at n_ctx_per_seq positions, so together they never exceed n_ctx.
-        cp.kv_unified = True
+        # One KV stream per sequence: a slot's context cannot be eaten by its neighbours, and
+        # a slot's output does not depend on where its neighbours' cells lie in a shared cache
+        # (same request, same seed, same text). The scheduler orders each batch by sequence
+        # id, which llama.cpp needs to decode one token of every stream in one micro-batch.
+        cp.kv_unified = False
         cp.no_perf = True
         cp.embeddings = False
         llama_log.clear()
@@ -211,8 +220,7 @@ class LlamaModel:
             )
         self.memory = llama_cpp.llama_get_memory(self.ctx)
         self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-        # llama.cpp gives every sequence of a unified cache all of n_ctx; ours get a share each.
-        self.n_ctx_per_seq = self.n_ctx // p.n_seq
+        self.n_ctx_per_seq = llama_cpp.llama_n_ctx_seq(self.ctx)
         self.n_batch = cp.n_batch
 
     def _failure(self, what: str) -> str:
@@ -305,13 +313,7 @@ class LlamaModel:
         """The bytes a token stands for (control tokens render as nothing)."""
         piece = self._piece_cache.get(token)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            if n < 0:
-                buf = ctypes.create_string_buffer(-n)
-                n = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[:n]
-            self._piece_cache[token] = piece
+            piece = self._piece_cache[token] = token_piece(self.vocab, token)
         return piece
 
     def is_end_of_generation(self, token: int) -> bool:

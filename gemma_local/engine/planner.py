@@ -4,12 +4,11 @@ Everything is computed from the GGUF header (layers, KV heads, head sizes, slidi
 and the machine (RAM; VRAM where a GPU backend exists), following how llama.cpp allocates:
 
 - weights: the file, memory-mapped;
-- KV cache, one unified cache for all slots: global-attention layers hold
-  ``pad256(ctx × slots)`` cells; with interleaved SWA (``swa_full=False``) the sliding-window
-  layers hold only ``pad256(min(ctx × slots, n_swa × slots + n_ubatch))`` cells, otherwise as
-  many as the rest; bytes per cell per layer = n_kv_heads × (k_dim × bytes(type_k) + v_dim ×
-  bytes(type_v));
-- compute buffer: activations for one micro-batch plus the f16 attention masks over the caches
+- KV cache, per sequence slot (one KV stream per slot): global-attention layers hold
+  ``pad256(ctx)`` cells; with interleaved SWA (``swa_full=False``) the sliding-window layers
+  hold only ``pad256(min(ctx, n_swa + n_ubatch))`` cells, otherwise ``pad256(ctx)`` like the rest;
+  bytes per cell per layer = n_kv_heads × (k_dim × bytes(type_k) + v_dim × bytes(type_v));
+- compute buffer: activations for one micro-batch plus the f16 attention mask over the cache
   (and, without flash attention, the f32 attention scores of one layer);
 - output buffer: one row of logits per slot (the engine never asks for more).
 
@@ -144,15 +143,15 @@ def estimate(
     n_ubatch: int = 512,
 ) -> MemoryEstimate:
     """Memory for ``parallel`` slots of ``ctx`` tokens each."""
-    n_ctx = pad256(ctx * parallel)
+    n_ctx = pad256(ctx)
     per_cell_layer = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES[kv_type]
-    swa_cells = pad256(min(n_ctx, shape.n_swa * parallel + n_ubatch))
+    swa_cells = pad256(min(n_ctx, shape.n_swa + n_ubatch))
     if swa_full or not shape.n_swa_layers:
         global_layers, swa_layers = shape.n_layer, 0
     else:
         global_layers, swa_layers = shape.n_global_layers, shape.n_swa_layers
-    kv_global = int(per_cell_layer * n_ctx * global_layers)
-    kv_swa = int(per_cell_layer * swa_cells * swa_layers)
+    kv_global = int(per_cell_layer * n_ctx * global_layers) * parallel
+    kv_swa = int(per_cell_layer * swa_cells * swa_layers) * parallel
     # Activations of one micro-batch (f32): residual stream, norms and attention projections
     # (~7 × n_embd) and the FFN's gate/up (2 × n_ff); calibrated on llama.cpp's own report.
     activations = n_ubatch * 4 * (7 * shape.n_embd + 2 * shape.n_ff)

@@ -40,9 +40,8 @@ from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationErr
 
 logger = logging.getLogger("gemma_local.engine")
 
-#: A busy slot's KV is shared with a new request only when it saves at least this many tokens
-#: of prompt processing over the best free slot (below that, keeping the free slot's own
-#: cache for a later request is worth more).
+#: A busy slot's KV is copied for a new request only when it saves at least this many tokens
+#: of prompt processing over the best free slot (a copy moves a whole KV stream).
 MIN_PREFIX_COPY = 256
 
 
@@ -249,8 +248,7 @@ class Scheduler:
         Free slots keep the KV of their last request, so they double as the prefix cache; the
         one chosen for a prompt that matches nothing is the least recently used (LRU eviction).
         When a *busy* slot shares a much longer prefix (many chats on one system prompt), its
-        KV is shared with the free slot (cells of a unified cache get a second sequence id, no
-        data moves) and trimmed, instead of recomputing.
+        whole KV stream is copied into the free slot and trimmed, instead of recomputing.
         """
         free = [s for s in self.slots if s.job is None]
         best = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
@@ -262,7 +260,8 @@ class Scheduler:
                 target = min(free, key=lambda s: (common_prefix_len(s.cached, prompt), s.last_used))
                 mem = self.model.memory
                 llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-                # The tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
+                # Across KV streams llama.cpp copies whole buffers (at the next decode); the
+                # tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
                 llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, -1, -1)
                 target.cached = list(donor.cached)
                 return target
@@ -308,30 +307,17 @@ class Scheduler:
     def _step(self) -> None:
         for job in [j for j in self._active if j.prefilling and j.n_past in j.prompt_info.images]:
             self._isolated(job, self._decode_image)
-        batch = self._batch
         n_ctx = self.model.n_ctx_per_seq
-        capacity = self.model.n_batch
-        n = 0
-        in_batch: list[tuple[Job, int]] = []  # (job, tokens it added)
-
-        def add(token: int, pos: int, seq: int, logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = pos
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = seq
-            batch.logits[n] = logits
-            n += 1
-
+        room = self.model.n_batch
+        # What each job adds this step: its next token, or the next chunk of its prompt.
+        in_batch: list[tuple[Job, list[int]]] = []
         for job in [j for j in self._active if not j.prefilling]:
             if job.n_past >= n_ctx:
                 self._finish(job, "length")
                 continue
-            job.out_index = n
-            add(job.next_token, job.n_past, job.slot.seq_id, True)
-            in_batch.append((job, 1))
+            in_batch.append((job, [job.next_token]))
+            room -= 1
         for job in [j for j in self._active if j.prefilling]:
-            room = capacity - n
             if room <= 0:
                 break
             if job.n_past in job.prompt_info.images:
@@ -341,11 +327,24 @@ class Scheduler:
             if next_image is not None:
                 end = min(end, next_image)
             chunk = job.prompt[job.n_past : end]
-            last = job.n_past + len(chunk) == len(job.prompt)
-            for i, token in enumerate(chunk):
-                add(token, job.n_past + i, job.slot.seq_id, last and i == len(chunk) - 1)
-            job.out_index = n - 1 if last else -1
-            in_batch.append((job, len(chunk)))
+            in_batch.append((job, chunk))
+            room -= len(chunk)
+        # In sequence order: over separate KV streams, llama.cpp puts one token of every
+        # sequence in the same micro-batch only when they come in increasing sequence ids;
+        # otherwise four streams cost up to four passes over the weights.
+        in_batch.sort(key=lambda item: item[0].slot.seq_id)
+        batch = self._batch
+        n = 0
+        for job, tokens in in_batch:
+            wants_logits = not job.prefilling or job.n_past + len(tokens) == len(job.prompt)
+            for i, token in enumerate(tokens):
+                batch.token[n] = token
+                batch.pos[n] = job.n_past + i
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = job.slot.seq_id
+                batch.logits[n] = wants_logits and i == len(tokens) - 1
+                n += 1
+            job.out_index = n - 1 if wants_logits else -1
         if n == 0:
             return
         batch.n_tokens = n
@@ -354,10 +353,9 @@ class Scheduler:
             self._decode_failed(rc, [job for job, _ in in_batch])
             return
         now = time.perf_counter()
-        for job, count in in_batch:
-            added = job.prompt[job.n_past : job.n_past + count] if job.prefilling else [job.next_token]
-            job.slot.cached.extend(added)
-            job.n_past += count
+        for job, tokens in in_batch:
+            job.slot.cached.extend(tokens)
+            job.n_past += len(tokens)
             if job.out_index >= 0:
                 if not job.prompt_done_at:
                     job.prompt_done_at = now
