@@ -8,9 +8,10 @@ import random
 from pathlib import Path
 
 import pytest
+from conftest import wait_engine_idle
 from grammar_support import GrammarProbe
 
-from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextDelta, TextPart
+from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextDelta, TextPart, gbnf
 from gemma_local.engine.chat_format import render
 from gemma_local.engine.json_schema import validate_instance
 from gemma_local.engine.tools import (
@@ -229,10 +230,14 @@ def test_plans_per_tool_choice() -> None:
     none = plan_tools(TOOLS, "none")
     assert (none.instructions, none.grammar, none.parse_calls) == (None, None, False)
     auto = plan_tools(TOOLS, "auto")
-    assert auto.instructions and auto.grammar is None and auto.parse_calls
+    assert auto.instructions and auto.parse_calls
     assert auto.stop == ("```tool_output",) and none.stop == ()
     required = plan_tools(TOOLS, "required")
-    assert required.grammar and required.parse_calls
+    assert required.grammar and required.parse_calls and required.grammar_trigger is None
+    # auto: the call grammar, switched on by the call fence.
+    assert (auto.grammar, auto.grammar_trigger) == (required.grammar, "```tool_call")
+    single = plan_tools(TOOLS, "auto", parallel=False)
+    assert single.grammar == plan_tools(TOOLS, "required", parallel=False).grammar
     named = plan_tools(TOOLS, NamedToolChoice("get_time"))
     assert named.grammar and "You must call the function get_time." in (named.instructions or "")
     with pytest.raises(InvalidRequestError) as info:
@@ -241,6 +246,26 @@ def test_plans_per_tool_choice() -> None:
     with pytest.raises(InvalidRequestError):
         plan_tools([], "required")
     assert plan_tools([], "auto") == plan_tools([], "none")
+
+
+def test_auto_with_a_schema_no_grammar_can_enforce() -> None:
+    parameters = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "multipleOf": 2}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    odd = ToolSpec("odd", parameters=parameters)
+    # Not strict: calls are parsed but not constrained, for every tool of the request.
+    loose = plan_tools([*TOOLS, odd], "auto")
+    assert (loose.grammar, loose.grammar_trigger, loose.parse_calls) == (None, None, True)
+    # Strict: the promise of valid arguments cannot be kept, so the request is refused.
+    with pytest.raises(UnsupportedSchemaError) as info:
+        plan_tools([*TOOLS, ToolSpec("odd", parameters=parameters, strict=True)], "auto")
+    assert info.value.keyword == "multipleOf" and info.value.param == "tools"
+    # Forced, it is refused either way.
+    with pytest.raises(UnsupportedSchemaError):
+        plan_tools([*TOOLS, odd], "required")
 
 
 def test_bad_tool_definitions_are_refused() -> None:
@@ -334,3 +359,53 @@ def test_forced_calls_from_the_real_model_are_well_formed_and_schema_valid(engin
             assert validate_instance(specs[call.name].parameters, call.arguments) == [], call
         if "get_time" in choice:
             assert [c.name for c in f.calls] == ["get_time"]
+
+
+# --- the lazy grammar of auto calls, on the real model ----------------------------------------------
+
+POEM = (ChatMessage.text("user", "Write a short poem about the sea."),)
+
+
+def _greedy(**sampling) -> GenerationRequest:
+    # Eight tokens: the model's answer is its own sentence that far, with no near-tied junk
+    # tokens after it that rounding could flip between runs.
+    return GenerationRequest(messages=POEM, sampling=SamplingParams(temperature=0.0, **sampling), max_tokens=8)
+
+
+def _cold(engine, request: GenerationRequest):
+    """Generate alone and from a cold cache, so that two runs compute exactly the same logits."""
+    wait_engine_idle(engine)
+    engine.clear_prefix_cache()
+    return engine.generate(request)
+
+
+@pytest.fixture(scope="module")
+def free_tokens(engine) -> list[str]:
+    """The model's own greedy answer, token by token (a lazy grammar must leave it alone)."""
+    result = _cold(engine, _greedy().model_copy(update={"logprobs": 0}))
+    tokens = [lp.token for lp in result.logprobs]
+    assert "".join(tokens) == result.text and len(tokens) >= 6
+    return tokens
+
+
+def test_lazy_grammar_takes_over_at_its_trigger(engine, free_tokens) -> None:
+    prefix, trigger = "".join(free_tokens[:2]), "".join(free_tokens[2:4])
+    assert (prefix + trigger).find(trigger) == len(prefix)
+    grammar = f"root ::= {gbnf.literal(trigger)} {gbnf.literal(' banana')}"
+    result = _cold(engine, _greedy(grammar=grammar, grammar_trigger=trigger))
+    # Free until the trigger, then only what the grammar allows, then the end it allows.
+    assert result.text == prefix + trigger + " banana"
+    assert result.finish_reason == "stop"
+
+
+def test_lazy_grammar_left_off_when_its_trigger_is_followed_by_what_it_rejects(engine, free_tokens) -> None:
+    token = next(t for t in free_tokens[2:] if len(t.strip()) >= 2)
+    trigger = token[:-1]  # the token that completes it brings one more character
+    grammar = f"root ::= {gbnf.literal(trigger)} {gbnf.literal('QQQ')}"
+    result = _cold(engine, _greedy(grammar=grammar, grammar_trigger=trigger))
+    assert result.text == "".join(free_tokens)  # the answer the model writes without any grammar
+
+
+def test_a_trigger_without_a_grammar_is_refused() -> None:
+    with pytest.raises(ValueError, match="grammar_trigger needs a grammar"):
+        SamplingParams(grammar_trigger="```tool_call")

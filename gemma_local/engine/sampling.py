@@ -23,6 +23,7 @@ import random
 import llama_cpp
 import numpy as np
 
+from gemma_local.engine.model import token_piece
 from gemma_local.engine.types import SamplingParams
 from gemma_local.errors import GenerationError, InvalidRequestError
 
@@ -57,6 +58,12 @@ class SamplerChain:
                 self._ids = np.arange(n_vocab, dtype=np.int32)
                 self._cand = np.zeros(n_vocab, dtype=_TOKEN_DATA)
                 self._one = np.zeros(1, dtype=_TOKEN_DATA)
+                # A lazy grammar waits for its trigger text (llama.cpp's own lazy mode would
+                # abort the process on a trigger followed by text the grammar rejects).
+                self._vocab = vocab
+                self._trigger = params.grammar_trigger.encode("utf-8") if params.grammar_trigger else None
+                self._constrained = self._trigger is None
+                self._seen = b""
             else:
                 self._chain = _new_chain()
                 self._add_transforms(self._chain, params, n_vocab=n_vocab)
@@ -135,11 +142,37 @@ class SamplerChain:
             _apply(self._pre, cand)
             transformed = cand["logit"].copy()
         token = self._draw(cand)
-        if not self._allowed(token):
+        if self._constrained and not self._allowed(token):
             token = self._redraw(transformed)
-        for sampler in (self._grammar, self._pre, self._post):
+        for sampler in (self._pre, self._post):
             llama_cpp.llama_sampler_accept(sampler, token)
+        if self._constrained:
+            llama_cpp.llama_sampler_accept(self._grammar, token)
+        elif self._trigger is not None:
+            self._watch(token)
         return token
+
+    def _watch(self, token: int) -> None:
+        """Free decoding under a lazy grammar: switch the grammar on once the trigger appears.
+
+        The grammar is fed the output from the start of the trigger on (the token that completed
+        it may carry more text), checked token by token; if that text already breaks the
+        grammar, decoding stays free for good rather than forcing an impossible continuation.
+        """
+        trigger = self._trigger
+        assert trigger is not None
+        self._seen += token_piece(self._vocab, token)
+        start = self._seen.find(trigger)
+        if start < 0:
+            # Keep only what may still be the beginning of the trigger.
+            self._seen = self._seen[max(0, len(self._seen) - len(trigger) + 1) :]
+            return
+        constrained, self._seen, self._trigger = self._seen[start:], b"", None
+        for t in _tokenize(self._vocab, constrained):
+            if not self._allowed(t):
+                return
+            llama_cpp.llama_sampler_accept(self._grammar, t)
+        self._constrained = True
 
     def _draw(self, cand: np.ndarray) -> int:
         arr = _apply(self._post, cand)
@@ -184,6 +217,13 @@ class SamplerChain:
 
     def __del__(self) -> None:  # pragma: no cover - safety net; the scheduler closes explicitly
         self.close()
+
+
+def _tokenize(vocab, data: bytes) -> list[int]:
+    capacity = len(data) + 8
+    buf = (llama_cpp.llama_token * capacity)()
+    n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, capacity, False, False)
+    return list(buf[: max(n, 0)])
 
 
 def _has_penalties(p: SamplingParams) -> bool:

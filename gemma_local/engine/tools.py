@@ -31,7 +31,9 @@ JSON or a call cut short, stays text. Text around calls is kept as content.
 
 With ``tool_choice`` ``required`` or a named function, decoding is constrained by a grammar
 that only allows well-formed call blocks whose arguments are valid against the function's
-JSON schema; ``auto`` lets the model choose; ``none`` offers no tools at all.
+JSON schema; ``auto`` lets the model choose, and the same grammar takes over once it opens a
+```` ```tool_call ```` fence (a lazy grammar), so a call it makes is well-formed too; ``none``
+offers no tools at all.
 """
 
 from __future__ import annotations
@@ -272,6 +274,9 @@ class ToolPlan:
     #: Stop sequences to add to the request: a model that starts writing a ``tool_output``
     #: block is inventing the result of its own call, so generation ends there.
     stop: tuple[str, ...] = ()
+    #: ``SamplingParams.grammar_trigger``: with ``auto``, the grammar constrains only a call the
+    #: model starts (from its fence on), so the model may still answer in prose.
+    grammar_trigger: str | None = None
 
 
 def plan_tools(
@@ -304,10 +309,34 @@ def plan_tools(
         response_strict=response_strict,
         response_param=response_param,
     )
+    trigger = None
+    if offered and grammar is None:  # auto, answer in free text or calls
+        grammar = _lazy_call_grammar(tools, parallel=parallel)
+        trigger = f"```{CALL_FENCE}" if grammar else None
     instructions = render_tool_instructions(tools, tool_choice) if offered else ""
     return ToolPlan(
         instructions=instructions or None,
         grammar=grammar,
         parse_calls=offered,
         stop=(RESULT_FENCE,) if offered else (),
+        grammar_trigger=trigger,
     )
+
+
+def _lazy_call_grammar(tools: Sequence[ToolSpec], *, parallel: bool) -> str | None:
+    """The call grammar for ``auto``, or None when a tool's schema cannot be enforced.
+
+    With ``auto`` the model may not call at all, so a schema the grammar cannot express (or
+    cannot even read, such as a ``pattern`` that is no regex) only costs the guarantee on
+    calls, which are still parsed, unless the tool is ``strict``: a promise of schema-valid
+    arguments that cannot be kept is a 400, as it is when a call is forced.
+    """
+    enforceable = True
+    for tool in tools:
+        try:
+            tool_call_grammar([tool], "required", parallel=False)
+        except InvalidRequestError:  # UnsupportedSchemaError included
+            if tool.strict:
+                raise
+            enforceable = False
+    return tool_call_grammar(tools, "required", parallel=parallel) if enforceable else None

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "cancelled", "error"]
@@ -93,6 +93,17 @@ class SamplingParams(BaseModel):
     logit_bias: dict[int, float] = Field(default_factory=dict)
     #: A GBNF grammar the output must follow (structured outputs, forced tool calls).
     grammar: str | None = None
+    #: Makes ``grammar`` lazy: decoding is free until the output contains this text, and the
+    #: grammar then constrains the output from the start of that text on (``auto`` tool calls:
+    #: the model may answer in prose, but a call it starts is always well-formed). A start the
+    #: grammar cannot continue (the text just after the trigger breaks it) leaves decoding free.
+    grammar_trigger: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _trigger_needs_grammar(self) -> SamplingParams:
+        if self.grammar_trigger is not None and not self.grammar:
+            raise ValueError("grammar_trigger needs a grammar")
+        return self
 
 
 class GenerationRequest(BaseModel):

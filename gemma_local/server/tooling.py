@@ -75,7 +75,9 @@ def plan_generation(
     if plan.instructions:
         update["messages"] = (ChatMessage.text("system", plan.instructions), *generation.messages)
     if plan.grammar:
-        update["sampling"] = generation.sampling.model_copy(update={"grammar": plan.grammar})
+        update["sampling"] = generation.sampling.model_copy(
+            update={"grammar": plan.grammar, "grammar_trigger": plan.grammar_trigger}
+        )
     if plan.stop:
         update["stop"] = (*generation.stop, *(s for s in plan.stop if s not in generation.stop))
     return generation.model_copy(update=update), plan
