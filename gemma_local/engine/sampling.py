@@ -44,7 +44,14 @@ class SamplerChain:
         self._grammar = None
         self._n_vocab = n_vocab
         self._greedy = params.temperature <= 0.0
-        self._argmax_only = False
+        self._trigger: bytes | None = None
+        self._constrained = False
+        # Greedy with at most a logit bias is an argmax, and no sampler keeps state:
+        # llama_sampler_sample would first build a 262k-entry candidate array (~0.8 ms a
+        # token on a laptop CPU); numpy's argmax takes a tenth of that.
+        self._argmax_only = self._greedy and not _has_penalties(params)
+        self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
+        self._bias = np.fromiter(params.logit_bias.values(), dtype=np.float32)
         self.seed = _resolve_seed(params.seed, default_seed)
         try:
             if params.grammar:
@@ -64,17 +71,11 @@ class SamplerChain:
                 self._trigger = params.grammar_trigger.encode("utf-8") if params.grammar_trigger else None
                 self._constrained = self._trigger is None
                 self._seen = b""
-            else:
+            if not self._constrained:
+                # Free draws: no grammar, or a lazy one still waiting for its trigger.
                 self._chain = _new_chain()
                 self._add_transforms(self._chain, params, n_vocab=n_vocab)
                 self._add_draw(self._chain, params)
-                if self._greedy and not _has_penalties(params):
-                    # Greedy with at most a logit bias is an argmax, and no sampler keeps state.
-                    # llama_sampler_sample would first build a 262k-entry candidate array
-                    # (~0.8 ms a token on a laptop CPU); numpy's argmax takes a tenth of that.
-                    self._bias_ids = np.fromiter(params.logit_bias.keys(), dtype=np.int64)
-                    self._bias = np.fromiter(params.logit_bias.values(), dtype=np.float32)
-                    self._argmax_only = True
         except Exception:
             self.close()
             raise
@@ -124,15 +125,15 @@ class SamplerChain:
         Raises:
             GenerationError: the grammar allows no token at all here (an unsatisfiable grammar).
         """
-        if self._argmax_only:
-            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self._n_vocab,))
-            if self._bias.size:
-                logits = logits.copy()  # the context's own logits stay unbiased (logprobs read them)
-                logits[self._bias_ids] += self._bias
-            # First of equal maxima, as llama.cpp's greedy sampler picks.
-            return int(logits.argmax())
-        if self._grammar is None:
-            return llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)
+        if not self._constrained:
+            token = self._free_draw(ctx, batch_index)
+            if self._grammar is not None:
+                # A lazy grammar: keep its own chains in step (penalties see every token).
+                for sampler in (self._pre, self._post):
+                    llama_cpp.llama_sampler_accept(sampler, token)
+                if self._trigger is not None:
+                    self._watch(token)
+            return token
         logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self._n_vocab,))
         cand = self._cand
         cand["id"] = self._ids
@@ -142,15 +143,21 @@ class SamplerChain:
             _apply(self._pre, cand)
             transformed = cand["logit"].copy()
         token = self._draw(cand)
-        if self._constrained and not self._allowed(token):
+        if not self._allowed(token):
             token = self._redraw(transformed)
-        for sampler in (self._pre, self._post):
+        for sampler in (self._grammar, self._pre, self._post):
             llama_cpp.llama_sampler_accept(sampler, token)
-        if self._constrained:
-            llama_cpp.llama_sampler_accept(self._grammar, token)
-        elif self._trigger is not None:
-            self._watch(token)
         return token
+
+    def _free_draw(self, ctx, batch_index: int) -> int:
+        if not self._argmax_only:
+            return llama_cpp.llama_sampler_sample(self._chain, ctx, batch_index)
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, batch_index), shape=(self._n_vocab,))
+        if self._bias.size:
+            logits = logits.copy()  # the context's own logits stay unbiased (logprobs read them)
+            logits[self._bias_ids] += self._bias
+        # First of equal maxima, as llama.cpp's greedy sampler picks.
+        return int(logits.argmax())
 
     def _watch(self, token: int) -> None:
         """Free decoding under a lazy grammar: switch the grammar on once the trigger appears.
