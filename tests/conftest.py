@@ -63,6 +63,26 @@ def engine(model_path: Path, tiny_mmproj: Path):
     eng.close()
 
 
+@pytest.fixture(scope="session")
+def token_ids(engine) -> dict[str, int]:
+    """Ids of the single tokens the API tests steer the base model with."""
+    ids = {text: engine.model.tokenize(text, special=True) for text in ("Hello", "<eos>", "<end_of_turn>")}
+    assert all(len(v) == 1 for v in ids.values())
+    return {k: v[0] for k, v in ids.items()}
+
+
+@pytest.fixture(scope="session")
+def no_eos(token_ids) -> dict[str, int]:
+    """logit_bias that keeps the model from ending early, so the output limit is always reached."""
+    return {str(token_ids["<eos>"]): -100, str(token_ids["<end_of_turn>"]): -100}
+
+
+@pytest.fixture(scope="session")
+def force_hello(token_ids) -> dict[str, int]:
+    """logit_bias under which every token is 'Hello': known output from a base model."""
+    return {str(token_ids["Hello"]): 100}
+
+
 # --- HTTP server fixtures (shared by the Chat Completions, Responses and Messages tests) ------
 
 

@@ -35,12 +35,6 @@ MODEL = "gemma-3-27b"
 HI = [{"role": "user", "content": "Write a long story about the sea."}]
 
 
-@pytest.fixture(scope="module")
-def no_eos(engine) -> dict[str, int]:
-    ids = [engine.model.tokenize(t, special=True)[0] for t in ("<eos>", "<end_of_turn>")]
-    return {str(i): -100 for i in ids}
-
-
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02) -> float:
     """Seconds until ``predicate()`` holds; fails the test after ``timeout``."""
     start = time.monotonic()

@@ -33,12 +33,6 @@ def assert_openai_error(response: httpx.Response, status: int, *, param: str | N
     return error
 
 
-@pytest.fixture(scope="module")
-def no_eos(engine) -> dict[str, int]:
-    ids = [engine.model.tokenize(t, special=True)[0] for t in ("<eos>", "<end_of_turn>")]
-    return {str(i): -100 for i in ids}
-
-
 def wait_idle(engine, timeout: float = 20.0) -> float:
     """Seconds until the engine has nothing running or queued (fails after ``timeout``)."""
     start = time.monotonic()

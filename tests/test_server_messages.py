@@ -30,23 +30,6 @@ PROMPT = "Write a short poem about the sea."
 HI = [{"role": "user", "content": PROMPT}]
 
 
-@pytest.fixture(scope="module")
-def token_ids(engine) -> dict[str, int]:
-    ids = {text: engine.model.tokenize(text, special=True) for text in ("Hello", "<eos>", "<end_of_turn>")}
-    assert all(len(v) == 1 for v in ids.values())
-    return {k: v[0] for k, v in ids.items()}
-
-
-@pytest.fixture(scope="module")
-def no_eos(token_ids) -> dict[str, int]:
-    return {str(token_ids["<eos>"]): -100, str(token_ids["<end_of_turn>"]): -100}
-
-
-@pytest.fixture(scope="module")
-def force_hello(token_ids) -> dict[str, int]:
-    return {str(token_ids["Hello"]): 100}
-
-
 def prompt_len(engine, messages: list[ChatMessage], *, prefill: bool = False) -> int:
     request = GenerationRequest(messages=tuple(messages), continue_final_message=prefill)
     return len(engine.prompt_tokens(request))

@@ -30,25 +30,6 @@ MODEL = "gemma-3-27b"
 PROMPT = "Write a short poem about the sea."
 
 
-@pytest.fixture(scope="module")
-def token_ids(engine) -> dict[str, int]:
-    ids = {text: engine.model.tokenize(text, special=True) for text in ("Hello", "<eos>", "<end_of_turn>")}
-    assert all(len(v) == 1 for v in ids.values())
-    return {k: v[0] for k, v in ids.items()}
-
-
-@pytest.fixture(scope="module")
-def no_eos(token_ids) -> dict[str, int]:
-    """logit_bias that keeps the model from ending early, so the output limit is always reached."""
-    return {str(token_ids["<eos>"]): -100, str(token_ids["<end_of_turn>"]): -100}
-
-
-@pytest.fixture(scope="module")
-def force_hello(token_ids) -> dict[str, int]:
-    """logit_bias under which every token is 'Hello': known output from a base model."""
-    return {str(token_ids["Hello"]): 100}
-
-
 def prompt_len(engine, messages: list[ChatMessage]) -> int:
     return len(engine.prompt_tokens(GenerationRequest(messages=tuple(messages))))
 
