@@ -8,6 +8,8 @@ cache dir and shared.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -90,9 +92,6 @@ class LiveServer:
     """A real uvicorn server on 127.0.0.1 (a free port) running ``app`` on a background thread."""
 
     def __init__(self, app) -> None:
-        import threading
-        import time
-
         import uvicorn
 
         self.app = app
@@ -196,3 +195,55 @@ def wait_engine_idle(engine, timeout: float = 30.0) -> None:
     deadline = time.time() + timeout
     while engine.stats().active and time.time() < deadline:
         time.sleep(0.05)
+
+
+class FailingEngine:
+    """A scripted engine whose generations send one delta and then fail: the real one cannot be
+    made to fail on demand, and every API must turn that into its own mid-stream error."""
+
+    model_id = "gemma-3-270m-embedded"
+    default_seed = None
+
+    def __init__(self, info) -> None:
+        self.info = info
+
+    def submit(self, request):
+        from gemma_local.engine import Finished, GenerationStream, TextDelta, Usage
+        from gemma_local.errors import GenerationError
+
+        stream = GenerationStream(request.request_id or "x", on_cancel=lambda: None, prompt_tokens=3)
+
+        def produce() -> None:
+            stream._push(TextDelta("partial"))
+            time.sleep(0.05)
+            error = GenerationError("Generation failed: no room left in the KV cache.")
+            stream._push(Finished("error", Usage(prompt_tokens=3, completion_tokens=1), error=error))
+
+        threading.Thread(target=produce, daemon=True).start()
+        return stream
+
+    def stats(self):
+        from gemma_local.engine.scheduler import SchedulerStats
+
+        return SchedulerStats(slots=1, active=0, queued=0, n_ctx_per_slot=512)
+
+    def close(self) -> None:
+        pass
+
+
+def local_search_server(engine, tmp_path_factory: pytest.TempPathFactory, documents: dict[str, str]) -> LiveServer:
+    """A live server whose search hook reads a local index of ``documents`` (file name → text);
+    ``server.docs`` is their folder. Stop it when done."""
+    from gemma_local.search import ProviderChain
+    from gemma_local.search.providers.local_index import LocalIndex, LocalIndexProvider
+    from gemma_local.server import create_app
+
+    docs = tmp_path_factory.mktemp("docs")
+    for name, text in documents.items():
+        (docs / name).write_text(text)
+    index = LocalIndex(tmp_path_factory.mktemp("index") / "search.db")
+    index.add([docs])
+    chain = ProviderChain([LocalIndexProvider(index)], timeout_s=10)
+    server = LiveServer(create_app(engine, server_settings(), search_chain=chain))
+    server.docs = docs
+    return server

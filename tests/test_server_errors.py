@@ -12,7 +12,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import TEST_API_KEY, LiveServer, server_settings
+from conftest import TEST_API_KEY, FailingEngine, LiveServer, server_settings
 
 MODEL = "gemma-3-27b"
 HI = [{"role": "user", "content": "Write a short poem about the sea."}]
@@ -374,48 +374,10 @@ def test_two_simultaneous_requests_both_complete(openai_client, engine, no_eos) 
 # --- mid-stream errors (scripted engine: the real one cannot be made to fail on demand) ---------
 
 
-class _FailingEngine:
-    """A stand-in engine whose every generation sends one delta and then fails."""
-
-    model_id = "gemma-3-270m-embedded"
-    default_seed = None
-
-    def __init__(self, info) -> None:
-        self.info = info
-
-    def submit(self, request):
-        from gemma_local.engine import Finished, GenerationStream, TextDelta, Usage
-        from gemma_local.errors import GenerationError
-
-        stream = GenerationStream(request.request_id or "x", on_cancel=lambda: None)
-
-        def produce() -> None:
-            stream._push(TextDelta("partial"))
-            time.sleep(0.05)
-            stream._push(
-                Finished(
-                    finish_reason="error",
-                    usage=Usage(prompt_tokens=3, completion_tokens=1),
-                    error=GenerationError("Generation failed: no room left in the KV cache."),
-                )
-            )
-
-        threading.Thread(target=produce, daemon=True).start()
-        return stream
-
-    def stats(self):
-        from gemma_local.engine.scheduler import SchedulerStats
-
-        return SchedulerStats(slots=1, active=0, queued=0, n_ctx_per_slot=512)
-
-    def close(self) -> None:
-        pass
-
-
 def test_error_after_stream_start_is_sse_error_event(engine) -> None:
     from gemma_local.server import create_app
 
-    server = LiveServer(create_app(_FailingEngine(engine.info), server_settings()))
+    server = LiveServer(create_app(FailingEngine(engine.info), server_settings()))
     try:
         body = {"model": MODEL, "messages": HI, "max_tokens": 5, "stream": True}
         raw = httpx.post(f"{server.base_url}/v1/chat/completions", json=body, timeout=30)

@@ -17,7 +17,7 @@ import time
 import anthropic
 import httpx
 import pytest
-from conftest import TEST_API_KEY, LiveServer, server_settings, wait_engine_idle
+from conftest import TEST_API_KEY, FailingEngine, LiveServer, server_settings, wait_engine_idle
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
@@ -167,7 +167,10 @@ def test_count_tokens_matches_the_prompt(anthropic_client, engine) -> None:
 
 def test_sampling_options_through_extra_body(anthropic_client, engine) -> None:
     def run(seed: int) -> str:
+        # Alone and cold: a prompt found in the prefix cache has only its last token decoded,
+        # in a smaller batch whose rounding can move a temperature-1 draw.
         wait_engine_idle(engine)
+        engine.clear_prefix_cache()
         m = anthropic_client.messages.create(
             model=MODEL,
             max_tokens=6,
@@ -330,39 +333,6 @@ def test_model_loading_is_503(engine) -> None:
     finally:
         release.set()
         server.stop()
-
-
-class FailingEngine:
-    """A scripted engine whose generations send one delta and then fail (the real one cannot)."""
-
-    model_id = "gemma-3-270m-embedded"
-    default_seed = None
-
-    def __init__(self, info) -> None:
-        self.info = info
-
-    def submit(self, request):
-        from gemma_local.engine import Finished, GenerationStream, TextDelta, Usage
-        from gemma_local.errors import GenerationError
-
-        stream = GenerationStream(request.request_id or "x", on_cancel=lambda: None, prompt_tokens=3)
-
-        def produce() -> None:
-            stream._push(TextDelta("partial"))
-            time.sleep(0.05)
-            error = GenerationError("Generation failed: no room left in the KV cache.")
-            stream._push(Finished("error", Usage(prompt_tokens=3, completion_tokens=1), error=error))
-
-        threading.Thread(target=produce, daemon=True).start()
-        return stream
-
-    def stats(self):
-        from gemma_local.engine.scheduler import SchedulerStats
-
-        return SchedulerStats(slots=1, active=0, queued=0, n_ctx_per_slot=512)
-
-    def close(self) -> None:
-        pass
 
 
 def test_generation_failure_is_500_or_an_error_event(engine) -> None:

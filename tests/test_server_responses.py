@@ -18,7 +18,7 @@ from typing import Literal
 import httpx
 import openai
 import pytest
-from conftest import LiveServer, server_settings
+from conftest import FailingEngine, LiveServer, server_settings
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
@@ -468,8 +468,6 @@ def test_structured_output_with_the_parse_helper(openai_client) -> None:
 
 
 def test_generation_failure_is_500_or_response_failed(engine) -> None:
-    from test_server_messages import FailingEngine
-
     from gemma_local.server import create_app
 
     server = LiveServer(create_app(FailingEngine(engine.info), server_settings()))

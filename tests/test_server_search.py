@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import openai
 import pytest
-from conftest import LiveServer, server_settings
+from conftest import LiveServer, local_search_server, server_settings
 
 from gemma_local.search import ProviderChain
-from gemma_local.search.providers.local_index import LocalIndex, LocalIndexProvider
 from gemma_local.server import create_app
 
 QUESTION = "What colour is the zephyrine harbor?"
@@ -19,14 +18,14 @@ QUESTION = "What colour is the zephyrine harbor?"
 
 @pytest.fixture(scope="module")
 def search_server(engine, tmp_path_factory: pytest.TempPathFactory):
-    docs = tmp_path_factory.mktemp("docs")
-    (docs / "harbor.md").write_text("# Zephyrine harbor\n\nThe zephyrine harbor was painted cobalt blue in 1911.\n")
-    (docs / "bread.md").write_text("# Bread\n\nSourdough needs a starter and patience.\n")
-    index = LocalIndex(tmp_path_factory.mktemp("index") / "search.db")
-    index.add([docs])
-    chain = ProviderChain([LocalIndexProvider(index)], timeout_s=10)
-    server = LiveServer(create_app(engine, server_settings(), search_chain=chain))
-    server.docs = docs
+    server = local_search_server(
+        engine,
+        tmp_path_factory,
+        {
+            "harbor.md": "# Zephyrine harbor\n\nThe zephyrine harbor was painted cobalt blue in 1911.\n",
+            "bread.md": "# Bread\n\nSourdough needs a starter and patience.\n",
+        },
+    )
     yield server
     server.stop()
 

@@ -15,7 +15,7 @@ import json
 import anthropic
 import openai
 import pytest
-from conftest import LiveServer, server_settings
+from conftest import local_search_server
 
 MODEL = "gemma-3-27b"
 SYSTEM = "You are a poet."
@@ -135,19 +135,12 @@ def test_same_image_prompt(openai_client, anthropic_client, engine) -> None:
     assert answers["chat"][1] > text_only["chat"][1]  # the image's tokens are in all three prompts
 
 
+HARBOR = "# Zephyrine harbor\n\nThe zephyrine harbor was painted cobalt blue in 1911.\n"
+
+
 @pytest.fixture(scope="module")
 def search_server(engine, tmp_path_factory: pytest.TempPathFactory):
-    from gemma_local.search import ProviderChain
-    from gemma_local.search.providers.local_index import LocalIndex, LocalIndexProvider
-    from gemma_local.server import create_app
-
-    docs = tmp_path_factory.mktemp("docs")
-    (docs / "harbor.md").write_text("# Zephyrine harbor\n\nThe zephyrine harbor was painted cobalt blue in 1911.\n")
-    index = LocalIndex(tmp_path_factory.mktemp("index") / "search.db")
-    index.add([docs])
-    chain = ProviderChain([LocalIndexProvider(index)], timeout_s=10)
-    server = LiveServer(create_app(engine, server_settings(), search_chain=chain))
-    server.docs = docs
+    server = local_search_server(engine, tmp_path_factory, {"harbor.md": HARBOR})
     yield server
     server.stop()
 

@@ -201,9 +201,9 @@ class LlamaModel:
         cp.type_v = _KV_TYPES[p.kv_type]
         cp.swa_full = p.swa_full
         # One KV stream per sequence: a slot's context cannot be eaten by its neighbours, and
-        # a slot's output does not depend on where its neighbours' cells lie in a shared cache
-        # (same request, same seed, same text). The scheduler orders each batch by sequence
-        # id, which llama.cpp needs to decode one token of every stream in one micro-batch.
+        # its attention never runs over cells interleaved with theirs. The scheduler orders
+        # each batch by sequence id, which llama.cpp needs to decode one token of every
+        # stream in one micro-batch (then per-slot streams are as fast as a unified cache).
         cp.kv_unified = False
         cp.no_perf = True
         cp.embeddings = False

@@ -212,7 +212,7 @@ async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeli
                 presence_penalty=body.presence_penalty,
                 min_p=body.min_p,
                 repeat_penalty=body.repeat_penalty,
-                logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()} or None,
+                logit_bias=body.logit_bias,
             ),
             "max_tokens": body.max_tokens,
             "stop": tuple(s for s in body.stop_sequences or () if s),

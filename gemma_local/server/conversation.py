@@ -18,8 +18,13 @@ def new_id(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex}"
 
 
-def sampling_params(**options: Any) -> SamplingParams:
-    """Sampling options a request set; unset (None) ones keep the hosted API's defaults."""
+def sampling_params(*, logit_bias: dict[str, float] | None = None, **options: Any) -> SamplingParams:
+    """Sampling options a request set; unset (None) ones keep the hosted API's defaults.
+
+    ``logit_bias`` comes as the APIs send it: token ids as strings (validated by the schemas).
+    """
+    if logit_bias:
+        options["logit_bias"] = {int(token): bias for token, bias in logit_bias.items()}
     return SamplingParams(**{k: v for k, v in options.items() if v is not None})
 
 

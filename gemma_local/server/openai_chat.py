@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,6 +20,7 @@ from gemma_local.server.conversation import (
     assistant_message,
     function_tool,
     named_tool,
+    new_id,
     replayed_call,
     sampling_params,
 )
@@ -138,7 +138,7 @@ def _sampling(body: ChatCompletionRequest) -> SamplingParams:
         min_p=body.min_p,
         repeat_penalty=body.repeat_penalty,
         seed=body.seed,
-        logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()} or None,
+        logit_bias=body.logit_bias,
     )
 
 
@@ -185,7 +185,7 @@ async def to_pipeline_request(body: ChatCompletionRequest, pipeline: Pipeline) -
     )
     return PipelineRequest(
         endpoint=ENDPOINT,
-        request_id=f"chatcmpl-{uuid.uuid4().hex}",
+        request_id=new_id("chatcmpl-"),
         model=body.model,
         generation=generation,
         n=body.n or 1,

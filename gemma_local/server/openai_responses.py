@@ -339,7 +339,7 @@ async def to_pipeline_request(
             presence_penalty=body.presence_penalty,
             repeat_penalty=body.repeat_penalty,
             seed=body.seed,
-            logit_bias={int(k): v for k, v in (body.logit_bias or {}).items()} or None,
+            logit_bias=body.logit_bias,
         ),
         max_tokens=body.max_output_tokens,
         stop=split_stop(body.stop),
