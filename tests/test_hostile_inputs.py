@@ -264,8 +264,11 @@ ROWS: list[Row] = [
     ),
     Row("tools-not-a-list", lambda api: _with(api, tools={"name": "f"}), BAD),
     # --- sampling numbers ---
-    Row("stop-1000-entries", lambda api: _with(api, **{api.stop_key: [f"stop{i}" for i in range(1000)]}), OK),
-    Row("stop-huge-entry", lambda api: _with(api, **{api.stop_key: ["x" * 100_000]}), OK),
+    # Every stop sequence is checked after every token: the pipeline bounds how many and how long.
+    Row("stop-16-entries", lambda api: _with(api, **{api.stop_key: [f"stop{i}" for i in range(16)]}), OK),
+    Row("stop-1000-entries", lambda api: _with(api, **{api.stop_key: [f"stop{i}" for i in range(1000)]}), BAD),
+    Row("stop-256-chars", lambda api: _with(api, **{api.stop_key: ["x" * 256]}), OK),
+    Row("stop-huge-entry", lambda api: _with(api, **{api.stop_key: ["x" * 100_000]}), BAD),
     Row("n-1000", lambda api: _with(api, n=1000), BAD, apis=("chat",)),
     Row("n-negative", lambda api: _with(api, n=-1), BAD, apis=("chat",)),
     Row("temperature-nan", lambda api: _with(api).replace(b'"model"', b'"temperature": NaN, "model"'), BAD),

@@ -20,7 +20,7 @@ from gemma_local.engine import ChatMessage, GenerationRequest
 from gemma_local.engine.json_schema import validate_instance
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
 from gemma_local.engine.types import ToolCall
-from gemma_local.server.conversation import assistant_message
+from gemma_local.pipeline.conversation import assistant_message
 
 MODEL = "gemma-3-27b"
 CITY = {

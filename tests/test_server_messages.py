@@ -23,7 +23,7 @@ from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
 from gemma_local.engine.types import ToolCall
 from gemma_local.images import image_from_base64
-from gemma_local.server.conversation import assistant_message
+from gemma_local.pipeline.conversation import assistant_message
 
 MODEL = "gemma-3-27b"
 PROMPT = "Write a short poem about the sea."

@@ -23,7 +23,7 @@ from conftest import FailingEngine, LiveServer, server_settings
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.tools import ToolSpec, render_tool_instructions
 from gemma_local.engine.types import ToolCall
-from gemma_local.server.conversation import assistant_message
+from gemma_local.pipeline.conversation import assistant_message
 from gemma_local.server.responses_store import ResponseStore
 
 MODEL = "gemma-3-27b"

@@ -117,7 +117,7 @@ def test_responses_api_metadata_footer_and_url_citations(client, search_server, 
 def test_url_citation_annotations_point_at_the_cited_source(engine, search_server) -> None:
     """Where the answer cites [1], the output text carries a url_citation for that source."""
     from gemma_local.engine import ChatMessage, GenerationRequest
-    from gemma_local.grounding import ground
+    from gemma_local.pipeline.grounding import ground
     from gemma_local.server.openai_responses_output import _annotations
 
     runtime_chain = search_server.app.state.runtime.pipeline.search_chain()

@@ -37,6 +37,27 @@ ContentPart = TextPart | ImagePart
 
 
 @dataclass(frozen=True)
+class ImageRef:
+    """An image named but not loaded yet: a ``data:`` or http(s) URL, or base64 bytes.
+
+    Request translators emit these so that they stay pure (no fetching, no decoding); the
+    caller (the request pipeline) loads each into an :class:`ImagePart` before the engine
+    renders the conversation, which accepts only loaded images.
+    """
+
+    url: str | None = None
+    base64: str | None = None
+    #: The media type sent with base64 bytes (Anthropic's ``source.media_type``).
+    media_type: str | None = None
+    #: Where the request holds the image, for errors (``messages[2].content[0]``).
+    param: str = "messages"
+
+
+#: What a message may hold before its images are loaded.
+MessagePart = ContentPart | ImageRef
+
+
+@dataclass(frozen=True)
 class ToolCall:
     """A function call the model made (see ``gemma_local.engine.tools`` for the format)."""
 
@@ -63,7 +84,7 @@ class ChatMessage:
     """One turn of a conversation, independent of any API's wire format."""
 
     role: Role
-    content: tuple[ContentPart, ...]
+    content: tuple[MessagePart, ...]
     #: Calls an ``assistant`` turn made; rendered back in the call format when the history is replayed.
     tool_calls: tuple[ToolCall, ...] = ()
 

@@ -1,32 +1,42 @@
 """``POST /v1/messages``: the Anthropic Messages API as a thin layer over the pipeline.
 
 Also ``POST /v1/messages/count_tokens``. Errors on these routes use Anthropic's envelope
-(``{"type": "error", "error": {"type", "message"}}``), registered with the server's one error
-table below; a failure after a stream has started is an ``event: error``.
+(``{"type": "error", "error": {"type", "message"}}``, see ``server/errors.py``); a failure
+after a stream has started is an ``event: error``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
-from gemma_local.engine.types import ContentPart
-from gemma_local.errors import GemmaLocalError
+from gemma_local.engine.types import ImageRef, MessagePart
+from gemma_local.pipeline import (
+    ChoiceDelta,
+    ChoiceEnd,
+    ChoiceToolCall,
+    Generation,
+    GenerationOutcome,
+    OutputFormat,
+    Pipeline,
+    PipelineFinishReason,
+    PipelineRequest,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from gemma_local.pipeline.conversation import assistant_message, function_tool, named_tool, new_id
 from gemma_local.server.anthropic_messages_schemas import (
     STREAM_EVENTS,
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
     CountTokensRequest,
-    ErrorDetail,
-    ErrorResponse,
     ImageBlockParam,
     InputJSONDelta,
     Message,
@@ -53,41 +63,16 @@ from gemma_local.server.anthropic_messages_schemas import (
     ToolUseBlockParam,
 )
 from gemma_local.server.auth import require_api_key
-from gemma_local.server.conversation import assistant_message, function_tool, named_tool, new_id, sampling_params
-from gemma_local.server.errors import ErrorInfo, error_body, register_error_style
+from gemma_local.server.errors import error_body
 from gemma_local.server.openapi import sse_event_schema
-from gemma_local.server.pipeline import (
-    ChoiceDelta,
-    ChoiceEnd,
-    ChoiceToolCall,
-    Generation,
-    GenerationOutcome,
-    OutputFormat,
-    Pipeline,
-    PipelineFinishReason,
-    PipelineRequest,
-    ToolCall,
-    ToolChoice,
-    ToolSpec,
-    request_record,
-    until_disconnected,
-)
+from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import get_pipeline
-from gemma_local.server.sse import sse_event, sse_response
-
-logger = logging.getLogger("gemma_local.server")
+from gemma_local.server.sse import sse_event
 
 ENDPOINT = "/v1/messages"
 #: A stream silent this long (a long prompt being read) gets a ``ping``, so proxies keep it open.
 KEEPALIVE_S = 10.0
 
-
-def anthropic_envelope(info: ErrorInfo) -> dict[str, Any]:
-    """``{"type": "error", "error": {"type", "message"}}``."""
-    return ErrorResponse(error=ErrorDetail(type=info.kind.anthropic_type, message=info.message)).model_dump()
-
-
-register_error_style("anthropic", anthropic_envelope, path_prefixes=(ENDPOINT,))
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Anthropic"])
 
@@ -106,52 +91,52 @@ router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Anthropic"])
 )
 async def create_message(body: MessagesRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)) -> Any:
     """Generate the next assistant message of a conversation, whole or streamed."""
-    generation = await pipeline.start(await to_pipeline_request(body, pipeline), request_record(request))
-    if body.stream:
-        return sse_response(stream_message(generation), on_close=generation.cancel)
-    outcome = await until_disconnected(request, generation.result())
-    return JSONResponse(to_message(outcome).model_dump(mode="json"))
+    return await respond(
+        request,
+        pipeline,
+        to_pipeline_request(body),
+        stream=stream_message if body.stream else None,
+        whole=lambda _, outcome: to_message(outcome),
+    )
 
 
 @router.post(ENDPOINT + "/count_tokens", response_model=TokenCount, summary="Count the tokens of a message")
 async def count_tokens(body: CountTokensRequest, pipeline: Pipeline = Depends(get_pipeline)) -> TokenCount:
     """The prompt tokens a Messages request with this conversation would have (images included)."""
-    return TokenCount(input_tokens=await pipeline.count_tokens(await to_pipeline_request(body, pipeline)))
+    return TokenCount(input_tokens=await pipeline.count_tokens(to_pipeline_request(body)))
 
 
 # --- request translation -----------------------------------------------------------------------
 
 
-async def _image(block: ImageBlockParam, param: str, pipeline: Pipeline) -> ContentPart:
+def _image(block: ImageBlockParam, param: str) -> ImageRef:
     source = block.source
     if source.type == "base64":
-        return await pipeline.image_from_base64(source.data, source.media_type, param=param)
-    return await pipeline.image_from_url(source.url, param=param)
+        return ImageRef(base64=source.data, media_type=source.media_type, param=param)
+    return ImageRef(url=source.url, param=param)
 
 
-async def _blocks(blocks: list[tuple[int, Any]], param: str, pipeline: Pipeline) -> list[ContentPart]:
+def _blocks(blocks: list[tuple[int, Any]], param: str) -> list[MessagePart]:
     """Text and image blocks (each with its index in ``param``'s content, for error messages)."""
-    parts: list[ContentPart] = []
+    parts: list[MessagePart] = []
     for j, block in blocks:
         if isinstance(block, ImageBlockParam):
-            parts.append(await _image(block, f"{param}.content[{j}]", pipeline))
+            parts.append(_image(block, f"{param}.content[{j}]"))
         elif isinstance(block, TextBlockParam):
             parts.append(TextPart(block.text))
     return parts
 
 
-async def _tool_result(block: ToolResultBlockParam, param: str, pipeline: Pipeline) -> ChatMessage:
+def _tool_result(block: ToolResultBlockParam, param: str) -> ChatMessage:
     content = block.content if block.content is not None else ""
-    parts = (
-        [TextPart(content)] if isinstance(content, str) else await _blocks(list(enumerate(content)), param, pipeline)
-    )
+    parts = [TextPart(content)] if isinstance(content, str) else _blocks(list(enumerate(content)), param)
     if block.is_error:
         # The model should know the call failed, not read the error as a result.
         parts.insert(0, TextPart("Error:"))
     return ChatMessage(role="tool", content=tuple(parts))
 
 
-async def _message(message: MessageParam, index: int, pipeline: Pipeline) -> list[ChatMessage]:
+def _message(message: MessageParam, index: int) -> list[ChatMessage]:
     """One Anthropic message; a user message's tool results become tool turns, in order."""
     param = f"messages[{index}]"
     if isinstance(message.content, str):
@@ -169,13 +154,13 @@ async def _message(message: MessageParam, index: int, pipeline: Pipeline) -> lis
     for j, block in enumerate(message.content):
         if isinstance(block, ToolResultBlockParam):
             if pending:
-                out.append(ChatMessage(role=message.role, content=tuple(await _blocks(pending, param, pipeline))))
+                out.append(ChatMessage(role=message.role, content=tuple(_blocks(pending, param))))
                 pending = []
-            out.append(await _tool_result(block, f"{param}.content[{j}]", pipeline))
+            out.append(_tool_result(block, f"{param}.content[{j}]"))
         else:
             pending.append((j, block))
     if pending:
-        out.append(ChatMessage(role=message.role, content=tuple(await _blocks(pending, param, pipeline))))
+        out.append(ChatMessage(role=message.role, content=tuple(_blocks(pending, param))))
     return out
 
 
@@ -190,7 +175,7 @@ def _tool_choice(body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSp
     return "auto"
 
 
-async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeline: Pipeline) -> PipelineRequest:
+def to_pipeline_request(body: CountTokensRequest | MessagesRequest) -> PipelineRequest:
     """Translate a Messages (or count_tokens) request into the pipeline's common request."""
     tools = tuple(function_tool(t.name, t.description, t.input_schema, t.strict) for t in body.tools or [])
     messages: list[ChatMessage] = []
@@ -198,22 +183,12 @@ async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeli
         system = body.system if isinstance(body.system, str) else "\n\n".join(b.text for b in body.system)
         messages.append(ChatMessage.text("system", system))
     for i, message in enumerate(body.messages):
-        messages.extend(await _message(message, i, pipeline))
+        messages.extend(_message(message, i))
     fmt = body.output_config.format if body.output_config else None
     options: dict[str, Any] = {}
     if isinstance(body, MessagesRequest):
         options = {
-            "sampling": sampling_params(
-                temperature=body.temperature,
-                top_p=body.top_p,
-                top_k=body.top_k,
-                seed=body.seed,
-                frequency_penalty=body.frequency_penalty,
-                presence_penalty=body.presence_penalty,
-                min_p=body.min_p,
-                repeat_penalty=body.repeat_penalty,
-                logit_bias=body.logit_bias,
-            ),
+            "sampling": body.to_sampling(),
             "max_tokens": body.max_tokens,
             "stop": tuple(s for s in body.stop_sequences or () if s),
         }
@@ -232,6 +207,7 @@ async def to_pipeline_request(body: CountTokensRequest | MessagesRequest, pipeli
         disable_formatting=bool(getattr(body, "disable_formatting", False)),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
+        stop_param="stop_sequences",
         # Anthropic says it the other way round, on the choice itself.
         parallel_tool_calls=not getattr(body.tool_choice, "disable_parallel_tool_use", None),
         output_format=(
@@ -366,8 +342,14 @@ class _Blocks:
         return [*out, _event(MessageDeltaEvent(delta=delta, usage=_usage(event.usage)))]
 
 
-async def stream_message(generation: Generation) -> AsyncIterator[bytes]:
+def stream_message(generation: Generation) -> AsyncIterator[bytes]:
     """The event stream of one message; a failure after the first event becomes ``event: error``."""
+    return guarded_stream(
+        _message_events(generation), lambda e: sse_event("error", error_body(e, "anthropic")), generation.id
+    )
+
+
+async def _message_events(generation: Generation) -> AsyncIterator[bytes]:
     start = Message(
         id=generation.id,
         model=generation.model,
@@ -378,22 +360,17 @@ async def stream_message(generation: Generation) -> AsyncIterator[bytes]:
     )
     yield _event(MessageStartEvent(message=start))
     blocks = _Blocks()
-    try:
-        # aclosing: a client that leaves must stop the waiting task at once, not at garbage collection.
-        async with contextlib.aclosing(_with_keepalive(generation.events(), KEEPALIVE_S)) as events:
-            async for event in events:
-                if event is None:
-                    chunks = [_PING]
-                elif isinstance(event, ChoiceDelta):
-                    chunks = blocks.text(event.text) if event.text else []
-                elif isinstance(event, ChoiceToolCall):
-                    chunks = blocks.tool_use(event.call)
-                else:
-                    chunks = blocks.end(event)
-                for chunk in chunks:
-                    yield chunk
-        yield _event(MessageStopEvent())
-    except Exception as e:
-        if not isinstance(e, GemmaLocalError):
-            logger.exception("error while streaming %s", generation.id)
-        yield sse_event("error", error_body(e, "anthropic"))
+    # aclosing: a client that leaves must stop the waiting task at once, not at garbage collection.
+    async with contextlib.aclosing(_with_keepalive(generation.events(), KEEPALIVE_S)) as events:
+        async for event in events:
+            if event is None:
+                chunks = [_PING]
+            elif isinstance(event, ChoiceDelta):
+                chunks = blocks.text(event.text) if event.text else []
+            elif isinstance(event, ChoiceToolCall):
+                chunks = blocks.tool_use(event.call)
+            else:
+                chunks = blocks.end(event)
+            for chunk in chunks:
+                yield chunk
+    yield _event(MessageStopEvent())

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 
 from gemma_local.server.common_schemas import (
-    LogitBias,
+    SamplingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -201,15 +201,12 @@ class _MessagesBase(_Request):
         return self
 
 
-class MessagesRequest(_MessagesBase):
+class MessagesRequest(SamplingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
     max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
     stop_sequences: list[str] | None = Field(None, description="Generation stops at the first of these.")
     stream: bool | None = False
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
-    top_k: int | None = Field(None, ge=0, description="Default 0 (off).")
     metadata: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
     thinking: dict[str, Any] | None = Field(None, description="Accepted and ignored (Gemma 3 does not think aloud).")
     service_tier: str | None = Field(None, description="Accepted and ignored.")
@@ -218,14 +215,6 @@ class MessagesRequest(_MessagesBase):
         False, description="Search the web (or the offline index) with the latest user message and cite sources."
     )
     disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
-    seed: int | None = Field(None, description="Extension: same seed and request, same output.")
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
-    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
-    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
-    logit_bias: LogitBias | None = Field(
-        None, description="Extension: token id (as a string) → bias added to its logit."
-    )
 
 
 class CountTokensRequest(_MessagesBase):

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from gemma_local import __version__
+from gemma_local.pipeline import EngineLike
 from gemma_local.search import ProviderChain
 from gemma_local.server import anthropic_messages, models_api, openai_chat, openai_responses, ops
 from gemma_local.server.errors import install_error_handlers
@@ -30,7 +31,6 @@ from gemma_local.server.middleware import (
     is_loopback_name,
 )
 from gemma_local.server.openapi import install_openapi
-from gemma_local.server.pipeline import EngineLike
 from gemma_local.server.runtime import EngineFactory, Runtime
 from gemma_local.settings import ServerSettings
 

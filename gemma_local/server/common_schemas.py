@@ -6,7 +6,10 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BaseModel, Field, model_validator
+
+from gemma_local.engine import SamplingParams
+from gemma_local.pipeline.conversation import sampling_params
 
 #: A token id as a ``logit_bias`` key: what the validator accepts is what the schema says.
 _TOKEN_ID = re.compile(r"^[0-9]+$")
@@ -91,3 +94,43 @@ def integral_numbers(*names: str) -> Callable[[Any], Any]:
         return data
 
     return convert
+
+
+class SamplingFields(BaseModel):
+    """The sampling options every API's request takes, and what they mean to the engine.
+
+    The hosted API's own options (``temperature``, ``top_p``, the penalties) and llama.cpp's
+    extras (``top_k``, ``min_p``, ``repeat_penalty``, ``seed``, ``logit_bias``) under one
+    definition, so the three APIs accept, bound and map them alike. Null or omitted: the
+    hosted API's default.
+    """
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
+    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
+    frequency_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Default 0; above 0 discourages repeating tokens."
+    )
+    presence_penalty: float | None = Field(
+        None, ge=-2.0, le=2.0, description="Default 0; above 0 encourages new topics."
+    )
+    seed: int | None = Field(None, description="Same seed and request, same output.")
+    top_k: int | None = Field(None, ge=0, description="Extension: top-k sampling (default 0: off).")
+    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
+    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
+    logit_bias: LogitBias | None = Field(None, description="Token id (as a string) → bias added to its logit.")
+
+    _integral_sampling = model_validator(mode="before")(integral_numbers("seed", "top_k"))
+
+    def to_sampling(self) -> SamplingParams:
+        """The engine's sampling parameters: the options set, the hosted defaults for the rest."""
+        return sampling_params(
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            min_p=self.min_p,
+            frequency_penalty=self.frequency_penalty,
+            presence_penalty=self.presence_penalty,
+            repeat_penalty=self.repeat_penalty,
+            seed=self.seed,
+            logit_bias=self.logit_bias,
+        )

@@ -4,17 +4,11 @@ Every failure the server reports goes through :func:`describe`: gemma-local's ow
 (``gemma_local.errors``), the HTTP-only ones below, Starlette's ``HTTPException`` (unknown
 routes, wrong methods) and FastAPI's validation errors. Nothing here looks at message text.
 
-Each API has its own envelope. OpenAI's is built in::
+Each API has its own envelope, chosen by the path it serves (:data:`ERROR_STYLES`), so every
+handler and middleware answers a route in its API's format:
 
-    {"error": {"message": "...", "type": "invalid_request_error", "param": "model", "code": "model_not_found"}}
-
-Extension point for another API (issue 5 adds Anthropic's
-``{"type": "error", "error": {"type", "message"}}``)::
-
-    register_error_style("anthropic", anthropic_envelope, path_prefixes=("/v1/messages",))
-
-Routes under those prefixes then get that envelope from every handler and middleware, and
-:attr:`ErrorKind.anthropic_type` already gives the Anthropic error type for each row.
+    openai:     {"error": {"message", "type", "param", "code"}}
+    anthropic:  {"type": "error", "error": {"type", "message"}}
 """
 
 from __future__ import annotations
@@ -22,7 +16,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -291,29 +285,28 @@ def openai_envelope(info: ErrorInfo) -> dict[str, Any]:
     return {"error": {"message": info.message, "type": info.kind.openai_type, "param": info.param, "code": info.code}}
 
 
+def anthropic_envelope(info: ErrorInfo) -> dict[str, Any]:
+    """``{"type": "error", "error": {"type", "message"}}``."""
+    return {"type": "error", "error": {"type": info.kind.anthropic_type, "message": info.message}}
+
+
+ErrorStyle = Literal["openai", "anthropic"]
 Envelope = Callable[[ErrorInfo], dict[str, Any]]
 
-_ENVELOPES: dict[str, Envelope] = {"openai": openai_envelope}
-_STYLE_PREFIXES: list[tuple[str, str]] = []
+_ENVELOPES: dict[ErrorStyle, Envelope] = {"openai": openai_envelope, "anthropic": anthropic_envelope}
+#: Path prefix → the API style of the routes under it (the rest are OpenAI's), longest first.
+ERROR_STYLES: tuple[tuple[str, ErrorStyle], ...] = (("/v1/messages", "anthropic"),)
 
 
-def register_error_style(style: str, envelope: Envelope, *, path_prefixes: Sequence[str] = ()) -> None:
-    """Add an API's error envelope and the paths that use it (the default style is ``openai``)."""
-    _ENVELOPES[style] = envelope
-    for prefix in path_prefixes:
-        _STYLE_PREFIXES.append((prefix, style))
-    _STYLE_PREFIXES.sort(key=lambda item: -len(item[0]))
-
-
-def style_for_path(path: str) -> str:
+def style_for_path(path: str) -> ErrorStyle:
     """The error style of the API that serves ``path``."""
-    for prefix, style in _STYLE_PREFIXES:
+    for prefix, style in ERROR_STYLES:
         if path.startswith(prefix):
             return style
     return "openai"
 
 
-def error_body(exc: BaseException, style: str = "openai") -> dict[str, Any]:
+def error_body(exc: BaseException, style: ErrorStyle = "openai") -> dict[str, Any]:
     """The envelope for ``exc`` in an API's style (also used for mid-stream error events)."""
     return _ENVELOPES[style](describe(exc))
 

@@ -8,8 +8,8 @@ from typing import Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
+from gemma_local.pipeline import Pipeline
 from gemma_local.server.auth import require_api_key
-from gemma_local.server.pipeline import Pipeline
 from gemma_local.server.runtime import get_pipeline
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])

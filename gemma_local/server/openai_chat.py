@@ -2,28 +2,36 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
 
-from gemma_local.engine import ChatMessage, GenerationRequest, SamplingParams, TextPart, Usage
-from gemma_local.engine.tools import ToolChoice, ToolSpec
-from gemma_local.engine.types import ContentPart
+from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
+from gemma_local.engine.types import ImageRef, MessagePart
 from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.engine.types import ToolCall as EngineToolCall
-from gemma_local.errors import GemmaLocalError
-from gemma_local.server.auth import require_api_key
-from gemma_local.server.conversation import (
+from gemma_local.pipeline import (
+    ChoiceDelta,
+    ChoiceResult,
+    ChoiceToolCall,
+    Generation,
+    GenerationOutcome,
+    OutputFormat,
+    Pipeline,
+    PipelineRequest,
+    ToolChoice,
+    ToolSpec,
+)
+from gemma_local.pipeline.conversation import (
     assistant_message,
     function_tool,
     named_tool,
     new_id,
     replayed_call,
-    sampling_params,
+    split_stop,
 )
+from gemma_local.server.auth import require_api_key
 from gemma_local.server.errors import error_body
 from gemma_local.server.openai_chat_schemas import (
     AssistantMessage,
@@ -50,22 +58,9 @@ from gemma_local.server.openai_chat_schemas import (
     TopLogprob,
 )
 from gemma_local.server.openapi import sse_event_schema
-from gemma_local.server.pipeline import (
-    ChoiceDelta,
-    ChoiceResult,
-    ChoiceToolCall,
-    Generation,
-    GenerationOutcome,
-    OutputFormat,
-    Pipeline,
-    PipelineRequest,
-    request_record,
-    until_disconnected,
-)
+from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import get_pipeline
-from gemma_local.server.sse import sse_data, sse_response
-
-logger = logging.getLogger("gemma_local.server")
+from gemma_local.server.sse import sse_data
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -88,32 +83,26 @@ async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)
 ) -> Any:
     """Generate one or more answers to a conversation, whole or streamed."""
-    generation = await pipeline.start(await to_pipeline_request(body, pipeline), request_record(request))
-    if body.stream:
-        return sse_response(stream_chunks(generation, body), on_close=generation.cancel)
-    outcome = await until_disconnected(request, generation.result())
-    return JSONResponse(to_chat_completion(outcome, logprobs=bool(body.logprobs)).model_dump(mode="json"))
+    return await respond(
+        request,
+        pipeline,
+        to_pipeline_request(body),
+        stream=(lambda generation: stream_chunks(generation, body)) if body.stream else None,
+        whole=lambda _, outcome: to_chat_completion(outcome, logprobs=bool(body.logprobs)),
+    )
 
 
 # --- request translation -------------------------------------------------------------------
 
 
-def split_stop(stop: str | list[str] | None) -> tuple[str, ...]:
-    """A string is split on commas (as the hosted API does); empty sequences are dropped."""
-    if stop is None:
-        return ()
-    items = stop.split(",") if isinstance(stop, str) else stop
-    return tuple(s for s in items if s)
-
-
-async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) -> ChatMessage:
-    parts: list[ContentPart] = []
+def _message(message: ChatMessageParam, index: int) -> ChatMessage:
+    parts: list[MessagePart] = []
     if isinstance(message.content, str):
         parts.append(TextPart(message.content))
     elif message.content is not None:
         for j, part in enumerate(message.content):
             if isinstance(part, ImageURLPart):
-                parts.append(await pipeline.image_from_url(part.image_url.url, param=f"messages[{index}].content[{j}]"))
+                parts.append(ImageRef(url=part.image_url.url, param=f"messages[{index}].content[{j}]"))
             elif isinstance(part, RefusalPart):
                 parts.append(TextPart(part.refusal))
             else:
@@ -126,20 +115,6 @@ async def _message(message: ChatMessageParam, index: int, pipeline: Pipeline) ->
         ]
         return assistant_message(parts, calls)
     return ChatMessage(role=message.role, content=tuple(parts))
-
-
-def _sampling(body: ChatCompletionRequest) -> SamplingParams:
-    return sampling_params(
-        temperature=body.temperature,
-        top_p=body.top_p,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        top_k=body.top_k,
-        min_p=body.min_p,
-        repeat_penalty=body.repeat_penalty,
-        seed=body.seed,
-        logit_bias=body.logit_bias,
-    )
 
 
 def _tool_choice(body: ChatCompletionRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
@@ -168,16 +143,16 @@ def _output_format(body: ChatCompletionRequest) -> OutputFormat | None:
     return None
 
 
-async def to_pipeline_request(body: ChatCompletionRequest, pipeline: Pipeline) -> PipelineRequest:
+def to_pipeline_request(body: ChatCompletionRequest) -> PipelineRequest:
     """Translate a Chat Completions request into the pipeline's common request."""
-    messages = tuple([await _message(m, i, pipeline) for i, m in enumerate(body.messages)])
+    messages = tuple(_message(m, i) for i, m in enumerate(body.messages))
     tools = tuple(
         function_tool(t.function.name, t.function.description, t.function.parameters, t.function.strict)
         for t in body.tools or []
     )
     generation = GenerationRequest(
         messages=messages,
-        sampling=_sampling(body),
+        sampling=body.to_sampling(),
         max_tokens=body.max_completion_tokens or body.max_tokens,
         stop=split_stop(body.stop),
         logprobs=(body.top_logprobs or 0) if body.logprobs else None,
@@ -256,8 +231,12 @@ def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCom
     )
 
 
-async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
+def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
     """The SSE events of a streamed answer; an error after the first event becomes an error event."""
+    return guarded_stream(_chunks(generation, body), lambda e: sse_data(error_body(e)), generation.id)
+
+
+async def _chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncIterator[bytes]:
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     want_logprobs = bool(body.logprobs)
 
@@ -279,44 +258,38 @@ async def stream_chunks(generation: Generation, body: ChatCompletionRequest) -> 
             del data["search"]
         return sse_data(data)
 
-    try:
-        # The role goes out once per choice: the SDK's helper concatenates repeated fields.
-        search = generation.grounding.metadata if generation.grounding is not None else None
-        calls_made = [0] * generation.n
-        for i in range(generation.n):
-            yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))], search=search)
-            search = None
-        async for event in generation.events():
-            if isinstance(event, ChoiceDelta):
-                if not event.text and not (want_logprobs and event.logprobs):
-                    continue
-                yield chunk(
-                    [
-                        ChunkChoice(
-                            index=event.index,
-                            delta=ChunkDelta(content=event.text),
-                            logprobs=_logprobs(event.logprobs) if want_logprobs else None,
-                        )
-                    ]
-                )
-            elif isinstance(event, ChoiceToolCall):
-                # Id and name first, then the arguments, as OpenAI streams them.
-                k = calls_made[event.index]
-                calls_made[event.index] += 1
-                call = event.call
-                head = ChunkToolCall(
-                    index=k, id=call.id, type="function", function=ChunkFunction(name=call.name, arguments="")
-                )
-                arguments = ChunkToolCall(index=k, function=ChunkFunction(arguments=call.arguments_json))
-                for piece in (head, arguments):
-                    yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(tool_calls=[piece]))])
-            else:
-                yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(), finish_reason=event.finish_reason)])
-        if include_usage:
-            yield chunk([], usage=_usage(generation.usage))
-        yield b"data: [DONE]\n\n"
-    except GemmaLocalError as e:
-        yield sse_data(error_body(e))
-    except Exception as e:  # a bug: still end the stream in a way the SDK reports
-        logger.exception("error while streaming %s", generation.id)
-        yield sse_data(error_body(e))
+    # The role goes out once per choice: the SDK's helper concatenates repeated fields.
+    search = generation.grounding.metadata if generation.grounding is not None else None
+    calls_made = [0] * generation.n
+    for i in range(generation.n):
+        yield chunk([ChunkChoice(index=i, delta=ChunkDelta(role="assistant", content=""))], search=search)
+        search = None
+    async for event in generation.events():
+        if isinstance(event, ChoiceDelta):
+            if not event.text and not (want_logprobs and event.logprobs):
+                continue
+            yield chunk(
+                [
+                    ChunkChoice(
+                        index=event.index,
+                        delta=ChunkDelta(content=event.text),
+                        logprobs=_logprobs(event.logprobs) if want_logprobs else None,
+                    )
+                ]
+            )
+        elif isinstance(event, ChoiceToolCall):
+            # Id and name first, then the arguments, as OpenAI streams them.
+            k = calls_made[event.index]
+            calls_made[event.index] += 1
+            call = event.call
+            head = ChunkToolCall(
+                index=k, id=call.id, type="function", function=ChunkFunction(name=call.name, arguments="")
+            )
+            arguments = ChunkToolCall(index=k, function=ChunkFunction(arguments=call.arguments_json))
+            for piece in (head, arguments):
+                yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(tool_calls=[piece]))])
+        else:
+            yield chunk([ChunkChoice(index=event.index, delta=ChunkDelta(), finish_reason=event.finish_reason)])
+    if include_usage:
+        yield chunk([], usage=_usage(generation.usage))
+    yield b"data: [DONE]\n\n"

@@ -25,7 +25,7 @@ from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema
 
 from gemma_local.server.common_schemas import (
-    LogitBias,
+    SamplingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     str_or_dict,
@@ -262,10 +262,7 @@ class StreamOptions(_Request):
     include_obfuscation: bool | None = Field(None, description="Accepted; there is no obfuscation padding.")
 
 
-Float2 = Annotated[float, Field(ge=-2.0, le=2.0)]
-
-
-class ChatCompletionRequest(_Request):
+class ChatCompletionRequest(SamplingFields, _Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
@@ -287,7 +284,6 @@ class ChatCompletionRequest(_Request):
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: Annotated[int, Field(ge=1, le=128), WHOLE] | None = Field(1, description="Choices to generate.")
-    seed: Annotated[int, WHOLE] | None = Field(None, description="Same seed and request, same output.")
     stop: str | list[str] | None = Field(
         None, description="Stop sequences: an array, or a string split on commas (as the hosted API does)."
     )
@@ -297,15 +293,10 @@ class ChatCompletionRequest(_Request):
     max_completion_tokens: Annotated[int, Field(ge=1, le=65536), WHOLE] | None = Field(
         None, description="Preferred alias of max_tokens."
     )
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
-    frequency_penalty: Float2 | None = Field(None, description="Default 0.")
-    presence_penalty: Float2 | None = Field(None, description="Default 0.")
     logprobs: bool | None = Field(False, description="Return the log probability of each output token.")
     top_logprobs: Annotated[int, Field(ge=0, le=20), WHOLE] | None = Field(
         None, description="Most likely alternatives per token."
     )
-    logit_bias: LogitBias | None = Field(None, description="Token id (as a string) → bias added to its logit.")
     user: str | None = None
     tools: list[ChatTool] | None = Field(None, description="Functions the model may call.")
     tool_choice: ToolChoiceParam | None = Field(
@@ -320,11 +311,6 @@ class ChatCompletionRequest(_Request):
     )
     disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
     # gemma-local extensions (llama.cpp sampling knobs the hosted API does not have).
-    top_k: Annotated[int, Field(ge=0), WHOLE] | None = Field(
-        None, description="Extension: top-k sampling (0 disables)."
-    )
-    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
-    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
     continue_final_message: bool | None = Field(
         False, description="Extension: continue a final assistant message instead of answering after it."
     )

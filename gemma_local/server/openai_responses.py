@@ -9,6 +9,7 @@ which ``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_i
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -16,20 +17,29 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
-from gemma_local.engine.types import ContentPart
+from gemma_local.engine.types import ImageRef, MessagePart
 from gemma_local.errors import InvalidRequestError
 from gemma_local.paths import data_file
-from gemma_local.server.auth import require_api_key
-from gemma_local.server.conversation import (
+from gemma_local.pipeline import (
+    Generation,
+    GenerationOutcome,
+    OutputFormat,
+    Pipeline,
+    PipelineRequest,
+    ToolCall,
+    ToolChoice,
+    ToolSpec,
+)
+from gemma_local.pipeline.conversation import (
     assistant_message,
     function_tool,
     named_tool,
     new_id,
     replayed_call,
-    sampling_params,
+    split_stop,
 )
+from gemma_local.server.auth import require_api_key
 from gemma_local.server.errors import ResourceNotFoundError
-from gemma_local.server.openai_chat import split_stop
 from gemma_local.server.openai_responses_output import finish_response, replay_stream, response_base, stream_response
 from gemma_local.server.openai_responses_schemas import (
     STREAM_EVENTS,
@@ -57,17 +67,8 @@ from gemma_local.server.openai_responses_schemas import (
     ToolChoiceFunction,
 )
 from gemma_local.server.openapi import sse_event_schema
-from gemma_local.server.pipeline import (
-    OutputFormat,
-    Pipeline,
-    PipelineRequest,
-    ToolCall,
-    ToolChoice,
-    ToolSpec,
-    request_record,
-    until_disconnected,
-)
 from gemma_local.server.responses_store import ResponseStore
+from gemma_local.server.routing import respond
 from gemma_local.server.runtime import get_pipeline
 from gemma_local.server.sse import sse_response
 
@@ -133,9 +134,6 @@ async def create_response(
         history = [*_parse_stored(previous.input_items), *_parse_stored(previous.response["output"])]
     items = [*history, *stored_input_items(body.input)]
     params = ["previous_response_id"] * len(history) + [f"input[{i}]" for i in range(len(items) - len(history))]
-    pipeline_request = await to_pipeline_request(body, items, params, pipeline)
-    generation = await pipeline.start(pipeline_request, request_record(request))
-    base = response_base(body, generation)
     want_logprobs = LOGPROBS_INCLUDE in (body.include or [])
 
     async def keep(response: Response) -> None:
@@ -143,12 +141,18 @@ async def create_response(
             dumped = [item.model_dump(mode="json") for item in items]
             await anyio.to_thread.run_sync(store.save, response.model_dump(mode="json"), dumped)
 
-    if body.stream:
-        return sse_response(stream_response(generation, base, keep, want_logprobs), on_close=generation.cancel)
-    outcome = await until_disconnected(request, generation.result())
-    response = finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding)
-    await keep(response)
-    return JSONResponse(response.model_dump(mode="json"))
+    def stream(generation: Generation) -> AsyncIterator[bytes]:
+        return stream_response(generation, response_base(body, generation), keep, want_logprobs)
+
+    async def whole(generation: Generation, outcome: GenerationOutcome) -> Response:
+        base = response_base(body, generation)
+        response = finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding)
+        await keep(response)
+        return response
+
+    return await respond(
+        request, pipeline, to_pipeline_request(body, items, params), stream=stream if body.stream else None, whole=whole
+    )
 
 
 @router.get(
@@ -268,17 +272,17 @@ def stored_input_items(value: str | list[Any]) -> list[StoredItem]:
     return items
 
 
-async def _parts(parts: list[StoredInputPart], param: str, pipeline: Pipeline) -> list[ContentPart]:
-    out: list[ContentPart] = []
+def _parts(parts: list[StoredInputPart], param: str) -> list[MessagePart]:
+    out: list[MessagePart] = []
     for j, part in enumerate(parts):
         if isinstance(part, StoredInputImage):
-            out.append(await pipeline.image_from_url(part.image_url, param=f"{param}.content[{j}]"))
+            out.append(ImageRef(url=part.image_url, param=f"{param}.content[{j}]"))
         else:
             out.append(TextPart(part.text))
     return out
 
 
-async def to_messages(items: list[StoredItem], params: list[str], pipeline: Pipeline) -> list[ChatMessage]:
+def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]:
     """The conversation the items describe; consecutive function calls form one assistant turn."""
     messages: list[ChatMessage] = []
     calls: list[ToolCall] = []
@@ -292,10 +296,10 @@ async def to_messages(items: list[StoredItem], params: list[str], pipeline: Pipe
         if isinstance(item, OutputMessage):
             messages.append(assistant_message([TextPart(p.text) for p in item.content]))
         elif isinstance(item, StoredInputMessage):
-            messages.append(ChatMessage(role=item.role, content=tuple(await _parts(item.content, param, pipeline))))
+            messages.append(ChatMessage(role=item.role, content=tuple(_parts(item.content, param))))
         else:
             output = [StoredInputText(text=item.output)] if isinstance(item.output, str) else item.output
-            messages.append(ChatMessage(role="tool", content=tuple(await _parts(output, param, pipeline))))
+            messages.append(ChatMessage(role="tool", content=tuple(_parts(output, param))))
     if calls:
         messages.append(assistant_message((), calls))
     return messages
@@ -319,28 +323,22 @@ def _output_format(body: ResponseCreateRequest) -> OutputFormat | None:
     return None
 
 
-async def to_pipeline_request(
-    body: ResponseCreateRequest, items: list[StoredItem], params: list[str], pipeline: Pipeline
-) -> PipelineRequest:
-    """Translate a Responses request (its conversation already resolved) into the common request."""
+def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], params: list[str]) -> PipelineRequest:
+    """Translate a Responses request (its conversation already resolved) into the common request.
+
+    Args:
+        body: the request.
+        items: the conversation: stored items of ``previous_response_id``'s chain, then ``input``'s.
+        params: where each item came from, for errors (``input[2]``, ``previous_response_id``).
+    """
     tools = tuple(function_tool(t.name, t.description, t.parameters, t.strict) for t in body.tools or [])
-    messages = await to_messages(items, params, pipeline)
+    messages = to_messages(items, params)
     if body.instructions:
         messages.insert(0, ChatMessage.text("system", body.instructions))
     want_logprobs = LOGPROBS_INCLUDE in (body.include or [])
     generation = GenerationRequest(
         messages=tuple(messages),
-        sampling=sampling_params(
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            min_p=body.min_p,
-            frequency_penalty=body.frequency_penalty,
-            presence_penalty=body.presence_penalty,
-            repeat_penalty=body.repeat_penalty,
-            seed=body.seed,
-            logit_bias=body.logit_bias,
-        ),
+        sampling=body.to_sampling(),
         max_tokens=body.max_output_tokens,
         stop=split_stop(body.stop),
         logprobs=(body.top_logprobs or 0) if want_logprobs else None,

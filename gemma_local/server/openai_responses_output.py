@@ -16,8 +16,15 @@ from typing import Any, Literal
 from gemma_local.engine import Usage
 from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.errors import GemmaLocalError
-from gemma_local.grounding import Grounding
-from gemma_local.server.conversation import new_id, replayed_call, sampling_params
+from gemma_local.pipeline import (
+    ChoiceDelta,
+    ChoiceResult,
+    ChoiceToolCall,
+    Generation,
+    Grounding,
+    ToolCall,
+)
+from gemma_local.pipeline.conversation import new_id, replayed_call, sampling_params
 from gemma_local.server.errors import describe
 from gemma_local.server.openai_responses_schemas import (
     ArgumentsDeltaEvent,
@@ -42,13 +49,6 @@ from gemma_local.server.openai_responses_schemas import (
     TextDeltaEvent,
     TextDoneEvent,
     TopLogprob,
-)
-from gemma_local.server.pipeline import (
-    ChoiceDelta,
-    ChoiceResult,
-    ChoiceToolCall,
-    Generation,
-    ToolCall,
 )
 from gemma_local.server.sse import sse_event
 

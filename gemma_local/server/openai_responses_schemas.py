@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from gemma_local.server.common_schemas import (
-    LogitBias,
+    SamplingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -245,7 +245,7 @@ class TextConfig(_Request):
 # --- request ----------------------------------------------------------------------------
 
 
-class ResponseCreateRequest(_Request):
+class ResponseCreateRequest(SamplingFields, _Request):
     """``POST /v1/responses``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
@@ -261,8 +261,6 @@ class ResponseCreateRequest(_Request):
     max_output_tokens: int | None = Field(
         None, ge=1, le=65536, description="Output tokens (default 4096; capped by the server, 8192)."
     )
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="Default 0.7; 0 is greedy.")
-    top_p: float | None = Field(None, ge=0.0, le=1.0, description="Default 1.")
     text: TextConfig | None = None
     tools: list[FunctionToolParam] | None = None
     tool_choice: ToolChoiceParam | None = None
@@ -281,19 +279,9 @@ class ResponseCreateRequest(_Request):
         False, description="Search the web (or the offline index) with the latest user message and cite sources."
     )
     disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
-    seed: int | None = Field(None, description="Extension: same seed and request, same output.")
-    top_k: int | None = Field(None, ge=0, description="Extension: top-k sampling (0 disables).")
-    min_p: float | None = Field(None, ge=0.0, le=1.0, description="Extension: min-p sampling.")
-    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
-    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="Extension: default 0.")
-    repeat_penalty: float | None = Field(None, gt=0.0, le=10.0, description="Extension: 1.0 disables it.")
     stop: str | list[str] | None = Field(
         None, description="Extension (the hosted API's): stop sequences, an array or a comma-separated string."
     )
-    logit_bias: LogitBias | None = Field(
-        None, description="Extension: token id (as a string) → bias added to its logit."
-    )
-
     _valid_text = model_validator(mode="before")(reject_lone_surrogates)
     _integral = model_validator(mode="before")(integral_numbers("max_output_tokens", "top_logprobs", "seed", "top_k"))
 

@@ -12,10 +12,11 @@ from fastapi import Request
 
 from gemma_local.engine import GenerationRequest, GenerationStream
 from gemma_local.errors import ModelLoadError
+from gemma_local.images import ImagePolicy
+from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits
 from gemma_local.search import ProviderChain
 from gemma_local.server.errors import EngineNotReadyError
 from gemma_local.server.metrics import ServerMetrics
-from gemma_local.server.pipeline import EngineLike, Pipeline
 from gemma_local.settings import ServerSettings
 
 EngineFactory = Callable[[], EngineLike]
@@ -85,7 +86,12 @@ class Runtime:
             self.engine = engine
             self._tracked = _TrackedEngine(engine)
             tracked: Any = self._tracked  # an EngineLike: everything but submit goes to the engine
-            self.pipeline = Pipeline(tracked, self.metrics, self.settings, self.search_chain)
+            self.pipeline = Pipeline(
+                tracked,
+                RequestLimits(max_output_tokens=self.settings.max_output_tokens, default_seed=engine.default_seed),
+                ImagePolicy.from_settings(self.settings),
+                self.search_chain,
+            )
             self.status = "ready"
             return True
 

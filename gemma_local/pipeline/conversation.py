@@ -1,4 +1,5 @@
-"""Helpers every API translation shares: ids, sampling options, replayed assistant turns."""
+"""Helpers every request translation shares: ids, sampling options, stop sequences, tools and
+replayed assistant turns."""
 
 from __future__ import annotations
 
@@ -26,6 +27,15 @@ def sampling_params(*, logit_bias: dict[str, float] | None = None, **options: An
     if logit_bias:
         options["logit_bias"] = {int(token): bias for token, bias in logit_bias.items()}
     return SamplingParams(**{k: v for k, v in options.items() if v is not None})
+
+
+def split_stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    """Stop sequences as the OpenAI APIs take them: a string is split on commas (as the hosted
+    API does), an array is taken as is; empty sequences are dropped."""
+    if stop is None:
+        return ()
+    items = stop.split(",") if isinstance(stop, str) else stop
+    return tuple(s for s in items if s)
 
 
 def replayed_call(call_id: str, name: str, arguments: str, *, param: str) -> ToolCall:

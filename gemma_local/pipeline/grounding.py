@@ -4,8 +4,8 @@ The glue between retrieval (``gemma_local.search``, which knows nothing of model
 engine: the latest user message is the query, the sources found go in front of that message
 as numbered, clearly delimited data within a token budget that leaves room for the answer,
 and the "Sources" footer, citation spans and metadata are computed from what the model was
-actually given. The CLI and every HTTP API call this one module, so the hook behaves the same
-everywhere. Searching never fails a request: without results the request goes through
+actually given. The request pipeline calls this one module for the CLI and every HTTP API, so the hook
+behaves the same everywhere. Searching never fails a request: without results the request goes through
 unchanged and the footer/metadata say why.
 """
 
@@ -27,9 +27,6 @@ from gemma_local.search import (
     run_search,
     sources_budget,
 )
-
-#: Room kept for the answer when the request sets no output limit.
-DEFAULT_ANSWER_RESERVE = 1024
 
 
 @dataclass(frozen=True)
@@ -79,8 +76,11 @@ def _apply(request: GenerationRequest, engine: Engine, outcome: SearchOutcome, d
     grounded = request
     if outcome.sources and request.messages:
         prompt_tokens = len(engine.prompt_tokens(request))
-        reserve = request.max_tokens or DEFAULT_ANSWER_RESERVE
-        budget = sources_budget(engine.info.n_ctx_per_slot, prompt_tokens, reserve_for_answer=reserve)
+        n_ctx = engine.info.n_ctx_per_slot
+        # Room for the answer: its output limit, but never more than half the context, so a
+        # small context still takes some sources (the answer may then end at the context's end).
+        reserve = min(request.max_tokens or n_ctx, n_ctx // 2)
+        budget = sources_budget(n_ctx, prompt_tokens, reserve_for_answer=reserve)
         context, used = build_sources_prompt(
             outcome.sources, budget, lambda text: len(engine.model.tokenize(text, special=False))
         )
