@@ -173,7 +173,11 @@ class Engine:
         return self._scheduler.stats()
 
     def close(self) -> None:
-        """Finish the scheduler and free llama.cpp's memory. Idempotent."""
+        """Finish the scheduler and free llama.cpp's memory. Idempotent.
+
+        Blocks until the scheduler thread has stopped (after its current micro-batch at most):
+        nothing is freed while it may still be inside llama.cpp.
+        """
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
             self._scheduler = None
