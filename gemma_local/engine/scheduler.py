@@ -504,8 +504,10 @@ class Scheduler:
         )
 
     def _release(self, job: Job) -> None:
-        if job in self._active:
-            self._active.remove(job)
+        # Under the lock: submit() and stats() read _active from other threads.
+        with self._cond:
+            if job in self._active:
+                self._active.remove(job)
         if job.slot is not None:
             job.slot.job = None
             job.slot.last_used = time.perf_counter()
