@@ -184,6 +184,22 @@ def test_generation_from_another_thread_while_iterating(engine) -> None:
     assert len(results) == 3
 
 
+def test_cancel_all_ends_running_and_waiting_generations(engine, token_ids) -> None:
+    endless = SamplingParams(temperature=0.0, logit_bias={token_ids["<eos>"]: -100, token_ids["<end_of_turn>"]: -100})
+    deadline = time.time() + 30
+    while engine.stats().active and time.time() < deadline:
+        time.sleep(0.05)
+    slots = engine.stats().slots
+    streams = [engine.submit(req(f"Essay {i}:", sampling=endless, max_tokens=2000)) for i in range(slots + 1)]
+    while (engine.stats().active, engine.stats().queued) != (slots, 1) and time.time() < deadline:
+        time.sleep(0.02)
+    assert (engine.stats().active, engine.stats().queued) == (slots, 1)  # one is waiting for a slot
+    assert engine.cancel_all() == slots + 1
+    finals = [list(stream)[-1] for stream in streams]
+    assert [f.finish_reason for f in finals] == ["cancelled"] * (slots + 1)
+    assert engine.cancel_all() == 0
+
+
 def test_close_during_a_long_prefill_stops_between_micro_batches(model_path) -> None:
     """Closing waits until the scheduler thread is gone (freeing the model under a running
     ``llama_decode`` is a use-after-free), and that wait is one micro-batch, not the prompt.

@@ -172,6 +172,11 @@ class Engine:
     def stats(self) -> SchedulerStats:
         return self._scheduler.stats()
 
+    def cancel_all(self) -> int:
+        """Cancel every generation running or waiting (a server's grace period is over); return
+        how many were. Each stream ends with ``finish_reason='cancelled'``."""
+        return self._scheduler.cancel_all()
+
     def close(self) -> None:
         """Finish the scheduler and free llama.cpp's memory. Idempotent.
 

@@ -196,6 +196,14 @@ class Scheduler:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
 
+    def cancel_all(self) -> int:
+        """Cancel every running and waiting request (each stream ends ``cancelled``); return how many."""
+        with self._cond:
+            streams = [job.stream for job in (*self._active, *self._pending) if job.stream.finished is None]
+        for stream in streams:
+            stream.cancel()
+        return len(streams)
+
     def clear_prefix_cache(self, timeout: float = 30.0) -> bool:
         """Drop the KV that idle slots keep for reuse (the next prompts are computed cold)."""
         done = threading.Event()
