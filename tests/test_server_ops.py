@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -68,6 +69,44 @@ def test_health_is_503_while_loading_then_200(engine) -> None:
         release.set()
         server.stop()
     assert borrowed.closed  # an engine the app loaded is closed with it
+
+
+def test_closing_the_engine_at_shutdown_leaves_the_event_loop_free(engine) -> None:
+    """Engine.close waits for the scheduler's current micro-batch (seconds for a big model on a
+    CPU): the lifespan runs it in a worker thread, so the loop goes on serving meanwhile."""
+    from gemma_local.server import create_app
+
+    ticks = 0
+    ticks_while_closing: list[int] = []
+
+    class SlowToClose(_Borrowed):
+        def close(self) -> None:
+            before = ticks
+            time.sleep(0.5)
+            ticks_while_closing.append(ticks - before)
+            super().close()
+
+    borrowed = SlowToClose(engine)
+    app = create_app(lambda: borrowed, server_settings())
+
+    async def main() -> None:
+        nonlocal ticks
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async with app.router.lifespan_context(app):
+            while app.state.runtime.status != "ready":
+                await asyncio.sleep(0.01)
+            ticker = asyncio.create_task(tick())
+        ticker.cancel()
+
+    asyncio.run(main())
+    assert borrowed.closed
+    assert ticks_while_closing[0] >= 10  # ~50 ticks of 10 ms in the 0.5 s close; none if it blocked
 
 
 def test_load_failure_reported(engine) -> None:
