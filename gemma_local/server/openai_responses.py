@@ -79,7 +79,7 @@ _DAY_S = 86_400.0
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
-def get_response_store(request: Request) -> ResponseStore:
+async def get_response_store(request: Request) -> ResponseStore:
     """FastAPI dependency: the app's response store (the database is opened on first use)."""
     state = request.app.state
     store: ResponseStore | None = getattr(state, "responses_store", None)

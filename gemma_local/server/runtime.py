@@ -90,8 +90,9 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-
-def get_pipeline(request: Request) -> Pipeline:
+# FastAPI runs a sync dependency in the worker-thread pool, where it would queue behind the
+# pipeline's submit/tokenize work for a few attribute reads: the dependencies are async.
+async def get_pipeline(request: Request) -> Pipeline:
     """FastAPI dependency: the pipeline, or 503 while the model loads (or failed to load).
 
     Raises:
