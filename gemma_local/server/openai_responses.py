@@ -9,6 +9,8 @@ which ``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_i
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from typing import Any, Literal
 
 import anyio.to_thread
@@ -76,6 +78,8 @@ ENDPOINT = "/v1/responses"
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _DAY_S = 86_400.0
 
+logger = logging.getLogger("gemma_local.server")
+
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
@@ -138,16 +142,23 @@ async def create_response(
     base = response_base(body, generation)
     want_logprobs = LOGPROBS_INCLUDE in (body.include or [])
 
-    async def keep(response: Response) -> None:
-        if body.store is not False:
-            dumped = [item.model_dump(mode="json") for item in items]
+    async def keep(response: Response) -> Response:
+        """Store the response; return it as sent (``store: false`` when storing it failed)."""
+        if body.store is False:
+            return response
+        dumped = [item.model_dump(mode="json") for item in items]
+        try:
             await anyio.to_thread.run_sync(store.save, response.model_dump(mode="json"), dumped)
+        except (sqlite3.Error, OSError):
+            # The answer is done: a full disk or a locked database loses the record, not the answer.
+            logger.exception("could not store response %s; it is returned with store: false", response.id)
+            return response.model_copy(update={"store": False})
+        return response
 
     if body.stream:
         return sse_response(stream_response(generation, base, keep, want_logprobs), on_close=generation.cancel)
     outcome = await until_disconnected(request, generation.result())
-    response = finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding)
-    await keep(response)
+    response = await keep(finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding))
     return JSONResponse(response.model_dump(mode="json"))
 
 
