@@ -227,6 +227,9 @@ class FailingEngine:
 
         return SchedulerStats(slots=1, active=0, queued=0, n_ctx_per_slot=512)
 
+    def cancel_all(self) -> int:
+        return 0
+
     def close(self) -> None:
         pass
 

@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from conftest import TEST_THREADS
 
 from gemma_local.engine import ChatMessage, Finished, GenerationRequest, SamplingParams, TextDelta
 from gemma_local.engine.text_stream import StopMatcher, TextAssembler
@@ -181,3 +182,50 @@ def test_generation_from_another_thread_while_iterating(engine) -> None:
     for t in threads:
         t.join(60)
     assert len(results) == 3
+
+
+def test_cancel_all_ends_running_and_waiting_generations(engine, token_ids) -> None:
+    endless = SamplingParams(temperature=0.0, logit_bias={token_ids["<eos>"]: -100, token_ids["<end_of_turn>"]: -100})
+    deadline = time.time() + 30
+    while engine.stats().active and time.time() < deadline:
+        time.sleep(0.05)
+    slots = engine.stats().slots
+    streams = [engine.submit(req(f"Essay {i}:", sampling=endless, max_tokens=2000)) for i in range(slots + 1)]
+    while (engine.stats().active, engine.stats().queued) != (slots, 1) and time.time() < deadline:
+        time.sleep(0.02)
+    assert (engine.stats().active, engine.stats().queued) == (slots, 1)  # one is waiting for a slot
+    assert engine.cancel_all() == slots + 1
+    finals = [list(stream)[-1] for stream in streams]
+    assert [f.finish_reason for f in finals] == ["cancelled"] * (slots + 1)
+    assert engine.cancel_all() == 0
+
+
+def test_close_during_a_long_prefill_stops_between_micro_batches(model_path) -> None:
+    """Closing waits until the scheduler thread is gone (freeing the model under a running
+    ``llama_decode`` is a use-after-free), and that wait is one micro-batch, not the prompt.
+
+    n_batch is large enough for the whole 1500-token prompt, so a step of n_batch tokens would
+    be one llama_decode call of ~24 micro-batches of 64 that close would have to sit out.
+    """
+    from gemma_local.engine import ContextParams, Engine
+
+    params = ContextParams(n_ctx_per_seq=2048, n_seq=1, n_batch=2048, n_ubatch=64, n_threads=TEST_THREADS)
+    eng = Engine(model_path, params)
+    long = GenerationRequest(prompt=" ".join(["history"] * 1500), max_tokens=1)
+    try:
+        eng.generate(req("Hi", max_tokens=1))  # warm-up: the first decode allocates
+        prefill_s = eng.generate(long).timings.prompt_s
+        eng.clear_prefix_cache()
+        scheduler_thread = eng._scheduler._thread
+        stream = eng.submit(long)
+        time.sleep(prefill_s / 4)
+        assert stream.finished is None  # well inside the prefill
+        started = time.perf_counter()
+        eng.close()
+        close_s = time.perf_counter() - started
+    finally:
+        eng.close()
+    assert not scheduler_thread.is_alive()
+    events = list(stream)
+    assert len(events) == 1 and events[0].finish_reason == "cancelled"
+    assert close_s < prefill_s / 4, (close_s, prefill_s)

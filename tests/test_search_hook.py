@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Sequence
@@ -17,7 +16,6 @@ from gemma_local.search import (
     ProviderSpec,
     SearchSettings,
     Source,
-    arun_search,
     build_sources_prompt,
     citation_spans,
     default_chain,
@@ -271,16 +269,6 @@ def test_run_search_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ProviderChain, "search", explode)
     outcome = run_search("q", ProviderChain([]))
     assert (outcome.sources, outcome.note) == ((), "Search failed: RuntimeError: chain bug")
-
-
-def test_arun_search_runs_off_the_event_loop() -> None:
-    provider = Scripted("p", [src(1)])
-
-    async def main() -> tuple[str | None, int]:
-        outcome = await arun_search("q", ProviderChain([provider]))
-        return outcome.provider, len(outcome.sources)
-
-    assert asyncio.run(main()) == ("p", 1)
 
 
 def test_failed_providers_are_skipped_for_a_while_then_retried() -> None:

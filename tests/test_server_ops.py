@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
 import os
 import re
@@ -10,6 +12,7 @@ import sys
 import threading
 import time
 
+import anyio.to_thread
 import httpx
 import openai
 import pytest
@@ -68,6 +71,74 @@ def test_health_is_503_while_loading_then_200(engine) -> None:
         release.set()
         server.stop()
     assert borrowed.closed  # an engine the app loaded is closed with it
+
+
+def test_closing_the_engine_at_shutdown_leaves_the_event_loop_free(engine) -> None:
+    """Engine.close waits for the scheduler's current micro-batch (seconds for a big model on a
+    CPU): the lifespan runs it in a worker thread, so the loop goes on serving meanwhile."""
+    from gemma_local.server import create_app
+
+    ticks = 0
+    ticks_while_closing: list[int] = []
+
+    class SlowToClose(_Borrowed):
+        def close(self) -> None:
+            before = ticks
+            time.sleep(0.5)
+            ticks_while_closing.append(ticks - before)
+            super().close()
+
+    borrowed = SlowToClose(engine)
+    app = create_app(lambda: borrowed, server_settings())
+
+    async def main() -> None:
+        nonlocal ticks
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        async with app.router.lifespan_context(app):
+            while app.state.runtime.status != "ready":
+                await asyncio.sleep(0.01)
+            ticker = asyncio.create_task(tick())
+        ticker.cancel()
+
+    asyncio.run(main())
+    assert borrowed.closed
+    assert ticks_while_closing[0] >= 10  # ~50 ticks of 10 ms in the 0.5 s close; none if it blocked
+
+
+def test_dependencies_do_not_wait_for_the_thread_pool(engine) -> None:
+    """A sync FastAPI dependency runs in the worker-thread pool, queued behind the pipeline's
+    submit and tokenize work there; the API's dependencies are async, so a request gets through
+    while every worker is busy."""
+    from gemma_local.server import create_app
+    from gemma_local.server.auth import require_api_key
+    from gemma_local.server.openai_responses import get_response_store
+    from gemma_local.server.runtime import get_pipeline
+
+    for dependency in (require_api_key, get_pipeline, get_response_store):
+        assert inspect.iscoroutinefunction(dependency), dependency.__name__
+    app = create_app(engine, server_settings())
+
+    async def main() -> int:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = 1  # this loop's pool: one worker
+        release = threading.Event()
+        busy = asyncio.ensure_future(anyio.to_thread.run_sync(release.wait))
+        await asyncio.sleep(0.05)
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as client:
+                r = await asyncio.wait_for(client.get("/v1/models"), 10)
+        finally:
+            release.set()
+            await busy
+        return r.status_code
+
+    assert asyncio.run(main()) == 200
 
 
 def test_load_failure_reported(engine) -> None:

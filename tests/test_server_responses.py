@@ -487,3 +487,30 @@ def test_generation_failure_is_500_or_response_failed(engine) -> None:
     assert failed.status == "failed" and failed.error.code == "server_error"
     assert failed.error.message == "Generation failed: no room left in the KV cache."
     assert failed.id == events[0].response.id
+
+
+def test_a_failing_store_loses_the_record_not_the_answer(engine, tmp_path, force_hello, caplog) -> None:
+    """The database cannot take the response (here: the file is not SQLite at all); the client
+    still gets the whole answer, whole or streamed, saying ``store: false``."""
+    from gemma_local.server import create_app
+
+    db = tmp_path / "responses.db"
+    db.write_bytes(b"this is not a database\n" * 100)
+    server = LiveServer(create_app(engine, server_settings(responses_db=db)))
+    forced = {"logit_bias": force_hello}
+    try:
+        client = openai.OpenAI(
+            base_url=f"{server.base_url}/v1", api_key="x", _strict_response_validation=True, max_retries=0
+        )
+        whole = client.responses.create(model=MODEL, input=PROMPT, max_output_tokens=3, extra_body=forced)
+        events = list(
+            client.responses.create(model=MODEL, input=PROMPT, max_output_tokens=3, extra_body=forced, stream=True)
+        )
+    finally:
+        server.stop()
+    assert (whole.status, whole.output_text, whole.store) == ("incomplete", "HelloHelloHello", False)
+    assert events[-1].type == "response.incomplete"
+    streamed = events[-1].response
+    assert (streamed.output_text, streamed.store) == ("HelloHelloHello", False)
+    assert "".join(e.delta for e in events if e.type == "response.output_text.delta") == "HelloHelloHello"
+    assert caplog.text.count("could not store response") == 2

@@ -26,9 +26,9 @@ from llama_cpp import mtmd_cpp
 from tiny_mmproj import write_tiny_gemma3_mmproj
 
 from gemma_local.engine.model import ContextParams, LlamaModel
+from gemma_local.engine.projector import validate_mmproj
 from gemma_local.errors import ModelLoadError
 from gemma_local.gguf import read_gguf_metadata, read_gguf_tensors
-from gemma_local.images.projector import validate_mmproj
 
 N_EMBD_270M = 640
 TOKENS_PER_IMAGE = 256  # (64 / 4 / 1)²

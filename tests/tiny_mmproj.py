@@ -26,7 +26,7 @@ real weights"):
 * Random normal weights with std 0.02 (layer norms at 1, biases at 0) keep the embeddings
   finite through the tower and the text model.
 * Missing ``v.patch_embd.weight`` or ``attn_q`` crashes llama.cpp (segfault), which is why
-  :func:`gemma_local.images.projector.validate_mmproj` checks files before mtmd sees them.
+  :func:`gemma_local.engine.projector.validate_mmproj` checks files before mtmd sees them.
 """
 
 from __future__ import annotations

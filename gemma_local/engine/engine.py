@@ -172,8 +172,17 @@ class Engine:
     def stats(self) -> SchedulerStats:
         return self._scheduler.stats()
 
+    def cancel_all(self) -> int:
+        """Cancel every generation running or waiting (a server's grace period is over); return
+        how many were. Each stream ends with ``finish_reason='cancelled'``."""
+        return self._scheduler.cancel_all()
+
     def close(self) -> None:
-        """Finish the scheduler and free llama.cpp's memory. Idempotent."""
+        """Finish the scheduler and free llama.cpp's memory. Idempotent.
+
+        Blocks until the scheduler thread has stopped (after its current micro-batch at most):
+        nothing is freed while it may still be inside llama.cpp.
+        """
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
             self._scheduler = None

@@ -19,7 +19,6 @@ import psutil
 
 from gemma_local.engine import llama_log
 from gemma_local.engine.chat_format import RenderedPrompt, Special
-from gemma_local.engine.types import ImagePart
 from gemma_local.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 
 GGUF_MAGIC = b"GGUF"
@@ -274,7 +273,11 @@ class LlamaModel:
         return list(buf[:n])
 
     def tokenize_prompt(self, prompt: RenderedPrompt) -> list[int]:
-        """Tokens of a rendered prompt: control tokens parsed, user text taken literally."""
+        """Tokens of a rendered prompt: control tokens parsed, user text taken literally.
+
+        Text only: a prompt's images are encoded by the engine (``Engine.build_prompt``), which
+        passes their text around them here one segment at a time.
+        """
         tokens: list[int] = []
         for seg in prompt.segments:
             if isinstance(seg, Special):
@@ -282,14 +285,8 @@ class LlamaModel:
                     tokens.append(self.bos)
                 else:
                     tokens.extend(self.tokenize(seg.text, special=True))
-            elif isinstance(seg, ImagePart):
-                raise InvalidRequestError(
-                    "This model has no vision projector loaded, so it cannot read images. "
-                    "Use a Gemma 3 4B, 12B or 27B model with its mmproj file.",
-                    param="messages",
-                )
             else:
-                tokens.extend(self.tokenize_text(seg))
+                tokens.extend(self.tokenize_text(seg))  # type: ignore[arg-type]  # text only, see above
         return tokens
 
     def tokenize_text(self, text: str) -> list[int]:

@@ -6,6 +6,12 @@ stalls running streams), then samples each request's token with that request's o
 chain. Requests join between steps and leave, freeing their slot, as soon as they finish or
 are cancelled. A slot keeps its KV after a request ends, so the next request that shares a
 prefix with it (multi-turn chat, a shared system prompt) only computes the new tokens.
+
+A step is at most one micro-batch (``n_ubatch`` tokens), the most llama.cpp computes in one
+pass anyway: a long prompt is decoded over many steps, and between any two the scheduler
+admits new requests, reaps cancelled ones and notices :meth:`Scheduler.close`. So closing
+waits for one micro-batch at most, and it does wait for it: the model is freed only once the
+thread has left ``llama_decode`` (freeing it under a running decode is a use-after-free).
 """
 
 from __future__ import annotations
@@ -43,6 +49,8 @@ logger = logging.getLogger("gemma_local.engine")
 #: A busy slot's KV is copied for a new request only when it saves at least this many tokens
 #: of prompt processing over the best free slot (a copy moves a whole KV stream).
 MIN_PREFIX_COPY = 256
+#: How long :meth:`Scheduler.close` waits quietly before saying (in the log) what it waits for.
+CLOSE_NOTICE_S = 5.0
 
 
 @dataclass
@@ -136,7 +144,9 @@ class Scheduler:
         self._cond = threading.Condition()
         self._closing = False
         self._clear_requests: list[threading.Event] = []
-        self._batch = llama_cpp.llama_batch_init(model.n_batch, 0, 1)
+        #: Tokens per step: one micro-batch (see the module docstring).
+        self._step_tokens = min(model.n_batch, model.params.n_ubatch)
+        self._batch = llama_cpp.llama_batch_init(self._step_tokens, 0, 1)
         self._ids = itertools.count(1)
         self._thread = threading.Thread(target=self._run, name="gemma-local-scheduler", daemon=True)
         self._thread.start()
@@ -169,15 +179,30 @@ class Scheduler:
                 max_queue=self.max_queue,
             )
 
-    def close(self, timeout: float | None = 10.0) -> None:
-        """Stop accepting work, end every running and waiting request, join the thread."""
+    def close(self) -> None:
+        """Stop accepting work, end every running and waiting request, wait for the thread.
+
+        Returns once the thread is gone, so the caller may free the model: a step in progress
+        (one micro-batch) is finished first, never abandoned mid-``llama_decode``.
+        """
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
-        if not self._thread.is_alive() and self._batch is not None:
+        self._thread.join(CLOSE_NOTICE_S)
+        if self._thread.is_alive():
+            logger.info("waiting for the engine to finish its current micro-batch before freeing the model")
+            self._thread.join()
+        if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+
+    def cancel_all(self) -> int:
+        """Cancel every running and waiting request (each stream ends ``cancelled``); return how many."""
+        with self._cond:
+            streams = [job.stream for job in (*self._active, *self._pending) if job.stream.finished is None]
+        for stream in streams:
+            stream.cancel()
+        return len(streams)
 
     def clear_prefix_cache(self, timeout: float = 30.0) -> bool:
         """Drop the KV that idle slots keep for reuse (the next prompts are computed cold)."""
@@ -306,9 +331,11 @@ class Scheduler:
 
     def _step(self) -> None:
         for job in [j for j in self._active if j.prefilling and j.n_past in j.prompt_info.images]:
+            if self._closing:  # each image is a decode call of its own: stop between them
+                return
             self._isolated(job, self._decode_image)
         n_ctx = self.model.n_ctx_per_seq
-        room = self.model.n_batch
+        room = self._step_tokens
         # What each job adds this step: its next token, or the next chunk of its prompt.
         in_batch: list[tuple[Job, list[int]]] = []
         for job in [j for j in self._active if not j.prefilling]:
@@ -485,8 +512,10 @@ class Scheduler:
         )
 
     def _release(self, job: Job) -> None:
-        if job in self._active:
-            self._active.remove(job)
+        # Under the lock: submit() and stats() read _active from other threads.
+        with self._cond:
+            if job in self._active:
+                self._active.remove(job)
         if job.slot is not None:
             job.slot.job = None
             job.slot.last_used = time.perf_counter()

@@ -107,10 +107,6 @@ class GenerationStream:
         """
         return collect(iter(self))
 
-    async def aresult(self) -> GenerationResult:
-        parts: list[Event] = [event async for event in self]
-        return collect(iter(parts))
-
 
 def collect(events: Iterator[Event]) -> GenerationResult:
     texts: list[str] = []

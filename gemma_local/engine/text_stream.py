@@ -62,15 +62,12 @@ class TextAssembler:
     def __init__(self, stops: tuple[str, ...] = ()) -> None:
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.stop_matcher = StopMatcher(stops)
-        self.text = ""
 
     def push(self, piece: bytes) -> tuple[str, StopHit | None]:
         text = self._decoder.decode(piece)
         out, hit = self.stop_matcher.feed(text)
         if hit is not None:
-            self.text += hit.text_before
             return hit.text_before, hit
-        self.text += out
         return out, None
 
     def finish(self) -> str:
@@ -78,8 +75,5 @@ class TextAssembler:
         tail = self._decoder.decode(b"", final=True)
         out, hit = self.stop_matcher.feed(tail)
         if hit is not None:
-            self.text += hit.text_before
             return hit.text_before
-        out += self.stop_matcher.flush()
-        self.text += out
-        return out
+        return out + self.stop_matcher.flush()

@@ -26,6 +26,7 @@ import numpy as np
 from llama_cpp import mtmd_cpp
 
 from gemma_local.engine import llama_log
+from gemma_local.engine.projector import validate_mmproj
 from gemma_local.engine.types import ImagePart
 from gemma_local.errors import InvalidRequestError, ModelLoadError
 
@@ -58,9 +59,7 @@ class VisionProjector:
 
     def __init__(self, mmproj_path: str | Path, text_model, *, n_threads: int, use_gpu: bool = True) -> None:
         self.path = Path(mmproj_path)
-        if not self.path.is_file():
-            raise ModelLoadError(f"Vision projector not found: {self.path}", path=str(self.path))
-        self._validate(text_model)
+        validate_mmproj(self.path, text_model.n_embd)  # a missing file, or one that would crash mtmd
         params = mtmd_cpp.mtmd_context_params_default()
         params.use_gpu = use_gpu
         params.print_timings = False
@@ -83,13 +82,6 @@ class VisionProjector:
         self._lock = threading.Lock()
         self._cache: OrderedDict[str, EncodedImage] = OrderedDict()
         self.encode_count = 0  # images actually run through the vision tower (cache misses)
-
-    def _validate(self, text_model) -> None:
-        try:
-            from gemma_local.images.projector import validate_mmproj
-        except ImportError:  # pragma: no cover - the images package ships with the engine
-            return
-        validate_mmproj(self.path, text_model.n_embd)
 
     def encode(self, image: ImagePart) -> EncodedImage:
         """Tokens and embeddings for one image (cached by content hash).

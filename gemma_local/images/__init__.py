@@ -2,8 +2,9 @@
 
 A leaf package: it imports only ``errors``, ``settings`` (for typing) and the engine's
 :class:`~gemma_local.engine.types.ImagePart` dataclass, never the engine or the server. The
-server's three APIs and the CLI call :mod:`gemma_local.images.resolve`; the engine calls
-:func:`gemma_local.images.projector.validate_mmproj` before handing a projector to llama.cpp.
+server's three APIs and the CLI call :mod:`gemma_local.images.resolve`. (The check of a vision
+projector file lives in the engine, :mod:`gemma_local.engine.projector`: the engine imports
+nothing from here.)
 """
 
 from gemma_local.images.datauri import decode_base64, parse_data_uri

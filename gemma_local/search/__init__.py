@@ -22,7 +22,6 @@ from __future__ import annotations
 from gemma_local.search.chain import ProviderChain, default_chain
 from gemma_local.search.hook import (
     Citation,
-    arun_search,
     build_sources_prompt,
     citation_spans,
     format_footer,
@@ -42,7 +41,6 @@ __all__ = [
     "SearchProvider",
     "SearchSettings",
     "Source",
-    "arun_search",
     "build_sources_prompt",
     "citation_spans",
     "default_chain",

@@ -3,7 +3,7 @@
 The pipeline, for a request with ``web_search_linkup: true``::
 
     chain = default_chain()                      # once, at startup (cheap; reads env)
-    outcome = await arun_search(latest_user_text, chain)   # never raises
+    outcome = run_search(latest_user_text, chain)   # never raises; blocks (a worker thread)
     budget = sources_budget(n_ctx, prompt_tokens, reserve_for_answer=max_tokens)
     count = lambda text: len(model.tokenize(text))           # the engine's tokenizer
     context, used = build_sources_prompt(outcome.sources, budget, count)
@@ -21,7 +21,6 @@ block or pose as a Gemma control token (``<end_of_turn>``, ``<start_of_turn>``, 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections.abc import Callable, Sequence
@@ -80,7 +79,7 @@ class Citation:
 def run_search(query: str, chain: ProviderChain) -> SearchOutcome:
     """Search for sources; never raises.
 
-    Blocks for up to one timeout per provider; from async code use :func:`arun_search`.
+    Blocks for up to one timeout per provider: async code runs it in a worker thread.
 
     Args:
         query: The text of the latest user message.
@@ -95,11 +94,6 @@ def run_search(query: str, chain: ProviderChain) -> SearchOutcome:
     except Exception as e:  # the chain already contains provider failures; this is a last guard
         log.warning("Search failed", exc_info=True)
         return SearchOutcome(query=normalize_query(query), note=f"Search failed: {type(e).__name__}: {e}")
-
-
-async def arun_search(query: str, chain: ProviderChain) -> SearchOutcome:
-    """:func:`run_search` in a worker thread, for the async request pipeline."""
-    return await asyncio.to_thread(run_search, query, chain)
 
 
 def sources_budget(n_ctx: int, prompt_tokens: int, reserve_for_answer: int, *, cap: int = 4096) -> int:

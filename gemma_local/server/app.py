@@ -89,7 +89,8 @@ def create_app(
                 await anyio.to_thread.run_sync(loader.join, LOAD_JOIN_TIMEOUT_S)
             engine = runtime.close()
             if engine is not None:
-                engine.close()
+                # Off the event loop: closing waits for the engine's current micro-batch.
+                await anyio.to_thread.run_sync(engine.close)
 
     app = FastAPI(
         title="gemma-local",

@@ -9,6 +9,8 @@ which ``GET``/``DELETE /v1/responses/{id}`` and ``GET /v1/responses/{id}/input_i
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 
@@ -77,10 +79,12 @@ ENDPOINT = "/v1/responses"
 LOGPROBS_INCLUDE = "message.output_text.logprobs"
 _DAY_S = 86_400.0
 
+logger = logging.getLogger("gemma_local.server")
+
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 
 
-def get_response_store(request: Request) -> ResponseStore:
+async def get_response_store(request: Request) -> ResponseStore:
     """FastAPI dependency: the app's response store (the database is opened on first use)."""
     state = request.app.state
     store: ResponseStore | None = getattr(state, "responses_store", None)
@@ -136,19 +140,25 @@ async def create_response(
     params = ["previous_response_id"] * len(history) + [f"input[{i}]" for i in range(len(items) - len(history))]
     want_logprobs = LOGPROBS_INCLUDE in (body.include or [])
 
-    async def keep(response: Response) -> None:
-        if body.store is not False:
-            dumped = [item.model_dump(mode="json") for item in items]
+    async def keep(response: Response) -> Response:
+        """Store the response; return it as sent (``store: false`` when storing it failed)."""
+        if body.store is False:
+            return response
+        dumped = [item.model_dump(mode="json") for item in items]
+        try:
             await anyio.to_thread.run_sync(store.save, response.model_dump(mode="json"), dumped)
+        except (sqlite3.Error, OSError):
+            # The answer is done: a full disk or a locked database loses the record, not the answer.
+            logger.exception("could not store response %s; it is returned with store: false", response.id)
+            return response.model_copy(update={"store": False})
+        return response
 
     def stream(generation: Generation) -> AsyncIterator[bytes]:
         return stream_response(generation, response_base(body, generation), keep, want_logprobs)
 
     async def whole(generation: Generation, outcome: GenerationOutcome) -> Response:
         base = response_base(body, generation)
-        response = finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding)
-        await keep(response)
-        return response
+        return await keep(finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding))
 
     return await respond(
         request, pipeline, to_pipeline_request(body, items, params), stream=stream if body.stream else None, whole=whole

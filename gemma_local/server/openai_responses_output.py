@@ -280,14 +280,15 @@ def _failure(exc: BaseException) -> ResponseError:
 async def stream_response(
     generation: Generation,
     base: Response,
-    keep: Callable[[Response], Awaitable[None]],
+    keep: Callable[[Response], Awaitable[Response]],
     want_logprobs: bool,
 ) -> AsyncIterator[bytes]:
     """The event stream of one response, from ``response.created`` to its terminal event.
 
     The response is stored (``keep``) before the terminal event goes out, so a client can
-    continue it as soon as it has seen it. A failure after the first event ends the stream
-    with ``response.failed``.
+    continue it as soon as it has seen it; ``keep`` returns the response to send (one that
+    could not be stored says ``store: false``). A failure after the first event ends the
+    stream with ``response.failed``.
     """
     emit = _Events()
     yield emit(ResponseLifecycleEvent, type="response.created", response=base)
@@ -332,7 +333,7 @@ async def stream_response(
                         yield chunk
                 final = _finished(base, output, event.finish_reason, event.usage)
         assert final is not None  # events() ends with the choice's end
-        await keep(final)
+        final = await keep(final)
         yield emit(ResponseLifecycleEvent, type=f"response.{final.status}", response=final)
     except Exception as e:
         if not isinstance(e, GemmaLocalError):

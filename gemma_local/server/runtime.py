@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import threading
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from fastapi import Request
 
-from gemma_local.engine import GenerationRequest, GenerationStream
 from gemma_local.errors import ModelLoadError
 from gemma_local.images import ImagePolicy
 from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits
@@ -20,33 +18,6 @@ from gemma_local.server.metrics import ServerMetrics
 from gemma_local.settings import ServerSettings
 
 EngineFactory = Callable[[], EngineLike]
-
-
-class _TrackedEngine:
-    """The engine as the pipeline sees it: every stream it starts is remembered (weakly), so
-    that a shutdown whose grace period is over can end them all (:meth:`cancel_all`)."""
-
-    def __init__(self, engine: EngineLike) -> None:
-        self._engine = engine
-        self._streams: weakref.WeakSet[GenerationStream] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._engine, name)
-
-    def submit(self, request: GenerationRequest) -> GenerationStream:
-        stream = self._engine.submit(request)
-        with self._lock:
-            self._streams.add(stream)
-        return stream
-
-    def cancel_all(self) -> int:
-        """Cancel every stream still generating or waiting; return how many were."""
-        with self._lock:
-            running = [s for s in self._streams if s.finished is None]
-        for stream in running:
-            stream.cancel()
-        return len(running)
 
 
 @dataclass
@@ -66,7 +37,6 @@ class Runtime:
     search_chain: ProviderChain | None = None
     metrics: ServerMetrics = field(init=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
-    _tracked: _TrackedEngine | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.metrics = ServerMetrics(self._stats)
@@ -84,10 +54,8 @@ class Runtime:
             if self.status in ("stopping", "closed"):
                 return False
             self.engine = engine
-            self._tracked = _TrackedEngine(engine)
-            tracked: Any = self._tracked  # an EngineLike: everything but submit goes to the engine
             self.pipeline = Pipeline(
-                tracked,
+                engine,
                 RequestLimits(max_output_tokens=self.settings.max_output_tokens, default_seed=engine.default_seed),
                 ImagePolicy.from_settings(self.settings),
                 self.search_chain,
@@ -113,8 +81,8 @@ class Runtime:
         Each ends the way the engine shutting down ends it: a streamed answer with the API's
         error event, a whole one with a 503.
         """
-        tracked = self._tracked
-        return tracked.cancel_all() if tracked is not None else 0
+        engine = self.engine
+        return engine.cancel_all() if engine is not None else 0
 
     def close(self) -> EngineLike | None:
         """Stop serving; return the engine for the caller to close when the app owns it."""
@@ -128,7 +96,9 @@ def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
-def get_pipeline(request: Request) -> Pipeline:
+# FastAPI runs a sync dependency in the worker-thread pool, where it would queue behind the
+# pipeline's submit/tokenize work for a few attribute reads: the dependencies are async.
+async def get_pipeline(request: Request) -> Pipeline:
     """FastAPI dependency: the pipeline, or 503 while the model loads (or failed to load).
 
     Raises:
