@@ -5,12 +5,16 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gemma_local.errors import GemmaLocalError, ModelLoadError
 from gemma_local.settings import EngineSettings
+
+if TYPE_CHECKING:  # the planner is imported when a command needs it, not at CLI start-up
+    from gemma_local.memory import MachineMemory, Plan
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -79,12 +83,24 @@ def engine_settings(**flags: Any) -> EngineSettings:
     return EngineSettings(**{k: v for k, v in flags.items() if k in names and v is not None})
 
 
-def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | None = None, machine=None):
+def plan_for(
+    settings: EngineSettings,
+    model_path: str | os.PathLike[str],
+    *,
+    mmproj_path: str | os.PathLike[str] | None = None,
+    default_parallel: int | None = None,
+    machine: MachineMemory | None = None,
+) -> Plan:
     """The memory plan for this model under these settings (user choices kept, the rest fitted).
 
-    ``machine`` is the ``MachineMemory`` to plan for (default: this machine, detected now).
+    Args:
+        settings: the user's flags and env vars.
+        model_path: the GGUF to plan for.
+        mmproj_path: the vision projector that will be loaded beside it, if any.
+        default_parallel: slots to use when the user set none.
+        machine: the memory to plan for (default: this machine, detected now).
     """
-    from gemma_local.engine.planner import MachineMemory, ModelShape, plan
+    from gemma_local.memory import MachineMemory, ModelShape, plan
 
     return plan(
         ModelShape.from_gguf(model_path),
@@ -95,10 +111,12 @@ def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | No
         swa_full=settings.swa_full,
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
+        # A missing projector file is the engine's error to report, with its own message.
+        projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
     )
 
 
-def check_memory(model_id: str, chosen: Any, machine: Any) -> None:
+def check_memory(model_id: str, chosen: Plan, machine: MachineMemory) -> None:
     """Refuse a plan that needs more memory than the machine has at all.
 
     llama.cpp would try anyway: the allocation either fails with a terse log line or, with
@@ -110,9 +128,9 @@ def check_memory(model_id: str, chosen: Any, machine: Any) -> None:
         machine: the ``MachineMemory`` it was planned for.
 
     Raises:
-        ModelLoadError: the estimate exceeds physical RAM (plus the GPU's memory, if any).
+        ModelLoadError: the estimate exceeds physical RAM (plus the GPUs' memory, if any).
     """
-    from gemma_local.engine.planner import GIB
+    from gemma_local.memory import GIB
 
     limit = machine.total_ram + (machine.vram_total or 0)
     need = chosen.estimate.total
@@ -136,12 +154,13 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         announce: print the chosen plan and why on stderr (``serve`` does).
     """
     from gemma_local.engine import ContextParams, Engine
-    from gemma_local.engine.planner import MachineMemory
     from gemma_local.hub.resolve import resolve_model
+    from gemma_local.memory import MachineMemory
 
     resolved = resolve_model(settings.model)
     machine = MachineMemory.detect()
-    chosen = plan_for(settings, resolved.path, default_parallel=default_parallel, machine=machine)
+    mmproj = settings.mmproj or resolved.mmproj
+    chosen = plan_for(settings, resolved.path, mmproj_path=mmproj, default_parallel=default_parallel, machine=machine)
     if announce:
         click.echo(
             f"Model {resolved.id}: {chosen.parallel} slot(s) × {chosen.ctx} tokens, {chosen.kv_type} KV cache, "
@@ -169,5 +188,5 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         max_queue=settings.max_queue,
         default_seed=settings.seed,
         model_id=resolved.id,
-        mmproj_path=settings.mmproj or resolved.mmproj,
+        mmproj_path=mmproj,
     )
