@@ -141,3 +141,20 @@ def test_the_vision_projector_is_counted() -> None:
     without = plan(GEMMA3_27B, machine, ctx=8192, parallel=1)
     with_projector = plan(GEMMA3_27B, machine, ctx=8192, parallel=1, projector_bytes=GIB)
     assert with_projector.estimate.total == without.estimate.total + GIB
+
+
+def test_detect_reads_every_gpu_nvidia_smi_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in nvidia-smi (no GPU here): every line is a GPU, and their memory adds up."""
+    from gemma_local.memory import machine as machine_module
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '81559, 80000\\n24564, 20000\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(machine_module, "_gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(machine_module.platform, "system", lambda: "Linux")
+    detected = MachineMemory.detect()
+    assert detected.gpus == (GpuMemory(81559 * 2**20, 80000 * 2**20), GpuMemory(24564 * 2**20, 20000 * 2**20))
+    assert detected.vram_free == 100000 * 2**20 and detected.vram_budget == int(100000 * 2**20 * 0.9)
+    monkeypatch.setattr(machine_module, "_gpu_offload_supported", lambda: False)  # a CPU build: GPUs unused
+    assert MachineMemory.detect().gpus == ()

@@ -144,7 +144,10 @@ def test_info_plans_with_the_env_context_unless_a_flag_says_otherwise(
     from_env = CliRunner().invoke(main, ["info", str(model_path), "--json"])
     from_flag = CliRunner().invoke(main, ["info", str(model_path), "--json", "--ctx", "2048"])
     assert json.loads(from_env.output)["plan"]["ctx"] == 1024
-    assert json.loads(from_flag.output)["plan"]["ctx"] == 2048
+    report = json.loads(from_flag.output)
+    assert report["plan"]["ctx"] == 2048
+    machine = report["machine"]  # what the plan was allowed, and from what
+    assert machine["plan_budget_bytes"] == report["plan"]["budget"] and machine["plan_budget"].startswith("85% of ")
 
 
 @pytest.mark.parametrize("value", ["1", "true"])
