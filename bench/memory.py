@@ -19,7 +19,7 @@ CONFIGS = [
 CHILD = r"""
 import json, sys, psutil
 from gemma_local.engine import ContextParams, Engine, GenerationRequest, ChatMessage, SamplingParams
-from gemma_local.engine.planner import ModelShape, estimate
+from gemma_local.memory import ModelShape, estimate
 path, ctx, kv, swa_full = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4] == "1"
 proc = psutil.Process()
 base = proc.memory_info().rss

@@ -1,18 +1,32 @@
-"""Helpers every CLI command module shares: one-line errors and the --debug switch."""
+"""Helpers every CLI command module shares: one-line errors, the --debug switch, and options
+derived from the settings fields.
+
+A command's settings options come from :func:`setting_option`: the flag name, type, bounds,
+choices and help are the settings field's own, and the option defaults to ``None`` without
+reading the environment, so :func:`settings_from_flags` passes only the flags given and the
+settings object applies ``GEMMA_LOCAL_*`` and the defaults (flag > env > default).
+"""
 
 from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable
-from typing import Any
+import types
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import click
+from pydantic import SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsError
 
 from gemma_local.errors import GemmaLocalError, ModelLoadError
-from gemma_local.settings import EngineSettings
+from gemma_local.settings import AppSettings, EngineSettings, env_var
 
-KV_TYPES = ("f16", "q8_0", "q4_0")
+if TYPE_CHECKING:  # the planner is imported when a command needs it, not at CLI start-up
+    from gemma_local.memory import MachineMemory, Plan
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class CliError(click.ClickException):
@@ -25,7 +39,7 @@ class CliError(click.ClickException):
 def _debug_enabled() -> bool:
     ctx = click.get_current_context(silent=True)
     root = ctx.find_root().obj if ctx else None
-    return bool((root or {}).get("debug")) or os.environ.get("GEMMA_LOCAL_DEBUG") == "1"
+    return bool((root or {}).get("debug")) or AppSettings().debug
 
 
 def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -43,30 +57,120 @@ def friendly_errors(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _unwrap_optional(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+_BOUNDS = (("ge", "min", False), ("gt", "min", True), ("le", "max", False), ("lt", "max", True))
+
+
+def _click_type(annotation: Any, metadata: list[Any]) -> Any:
+    """click's type for a field: a range from its bounds, a choice from its ``Literal``."""
+    if get_origin(annotation) is Literal:
+        return click.Choice([str(a) for a in get_args(annotation)])
+    if annotation in (int, float):
+        # pydantic keeps Field(ge=…, le=…) as annotated-types constraints: Ge(ge=256), Le(le=…), …
+        bounds: dict[str, Any] = {}
+        for m in metadata:
+            for attr, key, is_open in _BOUNDS:
+                if getattr(m, attr, None) is not None:
+                    bounds[key] = getattr(m, attr)
+                    if is_open:
+                        bounds[f"{key}_open"] = True
+        if not bounds:
+            return annotation
+        return click.IntRange(**bounds) if annotation is int else click.FloatRange(**bounds)
+    if annotation is Path:
+        return click.Path(path_type=Path)
+    if annotation in (str, SecretStr):
+        return click.STRING
+    raise TypeError(f"no click type for a setting of type {annotation!r}")
+
+
+def _shown_default(value: Any) -> str | None:
+    if value is None or value == []:
+        return None  # the description says what happens unset
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def setting_option(settings: type[BaseSettings], name: str, *decls: str, **overrides: Any) -> Callable[[Any], Any]:
+    """A click option for the settings field ``name``: flag, type, bounds and help from the field.
+
+    Args:
+        settings: the settings class holding the field.
+        name: the field; it is also the keyword the command receives.
+        decls: flag names when not ``--field-name`` (``"-m", "--model"``; ``"--cors-origin"``).
+        overrides: click keywords to use instead of the derived ones (``type``, ``metavar``).
+
+    A ``bool`` field becomes ``--x/--no-x``, a ``list`` field a repeatable option. The option's
+    default is ``None`` (an empty tuple when repeatable): not given, so the env var or default applies.
+    """
+    field = settings.model_fields[name]
+    annotation = _unwrap_optional(field.annotation)
+    flag = "--" + name.replace("_", "-")
+    help_text = field.description or ""
+    extra = [f"env: {env_var(name)}"]
+    default = _shown_default(field.get_default(call_default_factory=True))
+    if default is not None:
+        extra.append(f"default: {default}")
+    kwargs: dict[str, Any] = {"default": None}
+    if annotation is bool:
+        decls = decls or (f"{flag}/--no-{flag[2:]}",)
+    elif get_origin(annotation) is list:
+        kwargs.update(multiple=True, default=())
+        extra.append("repeatable")
+    else:
+        kwargs["type"] = _click_type(annotation, field.metadata)
+    kwargs["help"] = f"{help_text}  [{'; '.join(extra)}]".strip()
+    kwargs.update(overrides)
+    return click.option(*(decls or (flag,)), name, **kwargs)
+
+
+def settings_from_flags(settings: type[S], flags: Mapping[str, Any]) -> S:
+    """``settings`` built from the flags given (``None`` and empty repeats skipped), then env, then defaults.
+
+    Raises:
+        CliError: a value, most likely from an environment variable, is not valid for its field.
+    """
+    given = {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in flags.items()
+        if k in settings.model_fields and v is not None and v != ()
+    }
+    try:
+        return settings(**given)
+    except ValidationError as e:
+        error = e.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"--{field.replace('_', '-')} or {env_var(field)}" if field in settings.model_fields else field
+        raise CliError(f"Invalid value for {where}: {error['msg']}.") from e
+    except SettingsError as e:  # an env var that is not JSON where a list is expected
+        fields = settings.model_fields.items()
+        lists = [env_var(n) for n, f in fields if get_origin(_unwrap_optional(f.annotation)) is list]
+        hint = f"; {', '.join(lists)} take a JSON list, e.g. '[\"https://example.com\"]'" if lists else ""
+        raise CliError(f"Invalid environment setting: {e}{hint}.") from e
+
+
 def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The options every command that loads a model shares."""
+    """The options every command that loads a model shares (fields of ``EngineSettings``)."""
     options = [
-        click.option(
-            "-m",
-            "--model",
-            envvar="GEMMA_LOCAL_MODEL",
-            help="Model name or GGUF path (default: the embedded Gemma 3 270M).",
-        ),
-        click.option(
-            "--mmproj",
-            type=click.Path(dir_okay=False),
-            envvar="GEMMA_LOCAL_MMPROJ",
-            help="Vision projector GGUF (default: the one stored with the model).",
-        ),
-        click.option("--ctx", type=click.IntRange(256, 131072), help="Context tokens per request slot."),
-        click.option("--parallel", type=click.IntRange(1, 64), help="Requests generated at once."),
-        click.option("--threads", type=click.IntRange(1, 512), help="CPU threads (default: physical cores)."),
-        click.option("--kv-type", type=click.Choice(KV_TYPES), help="KV cache type (quantized needs flash attention)."),
-        click.option("--flash-attn", type=click.Choice(["auto", "on", "off"]), help="Flash attention (default auto)."),
-        click.option(
-            "--swa-full/--no-swa-full", default=None, help="Full-size cache on sliding-window layers (default off)."
-        ),
-        click.option("--gpu-layers", type=click.IntRange(-1), help="Layers to offload to a GPU (-1 all, 0 none)."),
+        setting_option(EngineSettings, "model", "-m", "--model"),
+        setting_option(EngineSettings, "mmproj", type=click.Path(dir_okay=False)),
+        setting_option(EngineSettings, "ctx"),
+        setting_option(EngineSettings, "parallel"),
+        setting_option(EngineSettings, "threads"),
+        setting_option(EngineSettings, "kv_type"),
+        setting_option(EngineSettings, "flash_attn"),
+        setting_option(EngineSettings, "swa_full"),
+        setting_option(EngineSettings, "gpu_layers"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -74,17 +178,32 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def engine_settings(**flags: Any) -> EngineSettings:
-    """Flags override GEMMA_LOCAL_* env vars, which override defaults."""
-    names = EngineSettings.model_fields.keys()
-    return EngineSettings(**{k: v for k, v in flags.items() if k in names and v is not None})
+    """Flags override GEMMA_LOCAL_* env vars, which override defaults (other keywords are ignored).
+
+    Raises:
+        CliError: an invalid value (e.g. ``GEMMA_LOCAL_CTX=12``).
+    """
+    return settings_from_flags(EngineSettings, flags)
 
 
-def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | None = None, machine=None):
+def plan_for(
+    settings: EngineSettings,
+    model_path: str | os.PathLike[str],
+    *,
+    mmproj_path: str | os.PathLike[str] | None = None,
+    default_parallel: int | None = None,
+    machine: MachineMemory | None = None,
+) -> Plan:
     """The memory plan for this model under these settings (user choices kept, the rest fitted).
 
-    ``machine`` is the ``MachineMemory`` to plan for (default: this machine, detected now).
+    Args:
+        settings: the user's flags and env vars.
+        model_path: the GGUF to plan for.
+        mmproj_path: the vision projector that will be loaded beside it, if any.
+        default_parallel: slots to use when the user set none.
+        machine: the memory to plan for (default: this machine, detected now).
     """
-    from gemma_local.engine.planner import MachineMemory, ModelShape, plan
+    from gemma_local.memory import MachineMemory, ModelShape, plan
 
     return plan(
         ModelShape.from_gguf(model_path),
@@ -95,10 +214,12 @@ def plan_for(settings: EngineSettings, model_path, *, default_parallel: int | No
         swa_full=settings.swa_full,
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
+        # A missing projector file is the engine's error to report, with its own message.
+        projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
     )
 
 
-def check_memory(model_id: str, chosen: Any, machine: Any) -> None:
+def check_memory(model_id: str, chosen: Plan, machine: MachineMemory) -> None:
     """Refuse a plan that needs more memory than the machine has at all.
 
     llama.cpp would try anyway: the allocation either fails with a terse log line or, with
@@ -110,9 +231,9 @@ def check_memory(model_id: str, chosen: Any, machine: Any) -> None:
         machine: the ``MachineMemory`` it was planned for.
 
     Raises:
-        ModelLoadError: the estimate exceeds physical RAM (plus the GPU's memory, if any).
+        ModelLoadError: the estimate exceeds physical RAM (plus the GPUs' memory, if any).
     """
-    from gemma_local.engine.planner import GIB
+    from gemma_local.memory import GIB
 
     limit = machine.total_ram + (machine.vram_total or 0)
     need = chosen.estimate.total
@@ -136,12 +257,13 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         announce: print the chosen plan and why on stderr (``serve`` does).
     """
     from gemma_local.engine import ContextParams, Engine
-    from gemma_local.engine.planner import MachineMemory
     from gemma_local.hub.resolve import resolve_model
+    from gemma_local.memory import MachineMemory
 
     resolved = resolve_model(settings.model)
     machine = MachineMemory.detect()
-    chosen = plan_for(settings, resolved.path, default_parallel=default_parallel, machine=machine)
+    mmproj = settings.mmproj or resolved.mmproj
+    chosen = plan_for(settings, resolved.path, mmproj_path=mmproj, default_parallel=default_parallel, machine=machine)
     if announce:
         click.echo(
             f"Model {resolved.id}: {chosen.parallel} slot(s) × {chosen.ctx} tokens, {chosen.kv_type} KV cache, "
@@ -169,5 +291,5 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         max_queue=settings.max_queue,
         default_seed=settings.seed,
         model_id=resolved.id,
-        mmproj_path=settings.mmproj or resolved.mmproj,
+        mmproj_path=mmproj,
     )

@@ -1,24 +1,27 @@
 """Where gemma-local keeps its files.
 
-``GEMMA_LOCAL_HOME`` wins; otherwise a source checkout uses its own ``models/`` folder and an
-installed package uses the user's data dir (``platformdirs``).
+``GEMMA_LOCAL_HOME`` (read by :class:`~gemma_local.settings.AppSettings`) wins; otherwise a
+source checkout uses its own ``models/`` folder and an installed package uses the user's data
+dir (``platformdirs``). The settings are read on every call, so a changed environment (a test's
+isolated home) takes effect at once.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import platformdirs
+
+from gemma_local.settings import AppSettings
 
 _CHECKOUT_MODELS = Path(__file__).resolve().parent.parent / "models"
 
 
 def home_dir() -> Path:
     """The root of gemma-local's data: model store, databases, search index."""
-    env = os.environ.get("GEMMA_LOCAL_HOME")
-    if env:
-        path = Path(env).expanduser()
+    configured = AppSettings().home
+    if configured is not None:
+        path = configured.expanduser()
     elif (_CHECKOUT_MODELS / "README.md").is_file():
         path = _CHECKOUT_MODELS
     else:
@@ -29,8 +32,8 @@ def home_dir() -> Path:
 
 def cache_dir() -> Path:
     """Rebuildable files (the assembled embedded model); safe to delete."""
-    env = os.environ.get("GEMMA_LOCAL_CACHE")
-    path = Path(env).expanduser() if env else Path(platformdirs.user_cache_dir("gemma-local", appauthor=False))
+    configured = AppSettings().cache
+    path = configured.expanduser() if configured else Path(platformdirs.user_cache_dir("gemma-local", appauthor=False))
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -1,23 +1,76 @@
-"""One settings object for every tunable, read from flags > ``GEMMA_LOCAL_*`` env > defaults."""
+"""Every tunable of gemma-local, and the only reader of ``GEMMA_LOCAL_*`` environment variables.
+
+Precedence is flag > env > default, decided here once: each field ``x`` is read from
+``GEMMA_LOCAL_X`` (an empty variable counts as unset), and a command passes only the flags the
+user gave (its options are derived from these fields by :func:`gemma_local.cli_support.setting_option`,
+default ``None``, never reading the environment themselves). One class per concern, so a module
+asks for what it uses:
+
+- :class:`AppSettings`: where files live (``GEMMA_LOCAL_HOME``, ``GEMMA_LOCAL_CACHE``), ``GEMMA_LOCAL_DEBUG``;
+- :class:`EngineSettings`: how llama.cpp is set up (model, context, slots, threads, KV cache, …);
+- :class:`ServerSettings`: the HTTP server (bind address, key, limits, shutdown grace period);
+- :class:`SearchSettings`: the search hook's providers (and ``LINKUP_API_KEY``, the Linkup SDK's own name).
+
+Nothing here imports the rest of gemma-local: it sits at the bottom with ``errors``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+__all__ = [
+    "ENV_PREFIX",
+    "AppSettings",
+    "EngineSettings",
+    "FlashAttention",
+    "KvCacheType",
+    "SearchSettings",
+    "ServerSettings",
+    "env_var",
+]
+
+ENV_PREFIX = "GEMMA_LOCAL_"
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
 FlashAttention = Literal["auto", "on", "off"]
 
 
-class EngineSettings(BaseSettings):
-    """How the llama.cpp engine is set up. Every field has a ``GEMMA_LOCAL_`` env var."""
+class _Settings(BaseSettings):
+    # An empty variable (`GEMMA_LOCAL_API_KEY= gemma-local serve`) counts as unset, as it did
+    # when click read some of these.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", env_ignore_empty=True)
 
-    model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
 
-    model: str | None = Field(None, description="Model name in the store, or a path to a GGUF file.")
+def env_var(field: str) -> str:
+    """The environment variable of a settings field: ``ctx`` → ``GEMMA_LOCAL_CTX``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class AppSettings(_Settings):
+    """Where gemma-local keeps its files, and how the CLI reports failures."""
+
+    home: Path | None = Field(
+        None,
+        description="Root of the model store, databases and search index (default: models/ in a source "
+        "checkout, else the user data dir).",
+    )
+    cache: Path | None = Field(
+        None, description="Rebuildable files such as the assembled embedded model (default: the user cache dir)."
+    )
+    debug: bool = Field(False, description="Show full tracebacks instead of one-line errors, as --debug does.")
+
+
+class EngineSettings(_Settings):
+    """How the llama.cpp engine is set up."""
+
+    model: str | None = Field(
+        None,
+        description="Model name in the store, or a GGUF path (default: serve takes the largest stored model, "
+        "other commands the embedded Gemma 3 270M).",
+    )
     mmproj: str | None = Field(None, description="Vision projector GGUF (default: the one stored with the model).")
     ctx: int | None = Field(None, ge=256, le=131072, description="Context tokens per request slot (default: planned).")
     parallel: int | None = Field(None, ge=1, le=64, description="Requests generated at once (default: planned).")
@@ -33,7 +86,7 @@ class EngineSettings(BaseSettings):
     )
     flash_attn: FlashAttention = Field("auto", description="Flash attention: auto uses it where supported.")
     swa_full: bool = Field(
-        False, description="Full-size cache on sliding-window layers (wastes memory; off by default)."
+        False, description="Full-size cache on sliding-window layers (6× the KV memory for Gemma 3; for debugging)."
     )
     gpu_layers: int | None = Field(
         None, ge=-1, description="Layers offloaded to the GPU (-1 = all, 0 = CPU only; default: planned)."
@@ -42,23 +95,25 @@ class EngineSettings(BaseSettings):
     seed: int | None = Field(None, description="Default sampling seed when a request gives none.")
 
 
-class ServerSettings(BaseSettings):
+class ServerSettings(_Settings):
     """How the HTTP server is set up."""
 
-    model_config = SettingsConfigDict(env_prefix="GEMMA_LOCAL_", extra="ignore")
-
     host: str = Field("127.0.0.1", description="Address to bind; loopback by default.")
-    port: int = Field(8080, ge=0, le=65535)
+    port: int = Field(8080, ge=0, le=65535, description="Port (0: any free one).")
     api_key: str | None = Field(None, description="Require this key (Bearer or x-api-key).")
-    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins (off if empty).")
-    max_output_tokens: int = Field(8192, ge=1, le=131072, description="Server cap on output tokens.")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="Allow browser calls from this origin (off if none)."
+    )
+    max_output_tokens: int = Field(8192, ge=1, le=131072, description="Cap on output tokens per answer.")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     allow_remote_images: bool = Field(
-        False, description="Fetch images given as http(s) URLs (off: clients must send images inline)."
+        False,
+        description="Fetch http(s) image URLs in requests (public addresses only, size- and time-limited); "
+        "off: clients must send images inline.",
     )
     allowed_image_hosts: list[str] = Field(
         default_factory=list,
-        description="Hosts whose image URLs may resolve to private, loopback or link-local addresses.",
+        description="A host remote images may come from even if it is private, loopback or link-local.",
     )
     max_image_bytes: int = Field(
         20 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024, description="Largest image accepted, in bytes."
@@ -75,3 +130,42 @@ class ServerSettings(BaseSettings):
     responses_max_age_days: float = Field(
         30.0, ge=0, description="Stored responses are deleted after this many days (0: no age limit)."
     )
+    shutdown_grace: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Seconds answers in progress get to finish on Ctrl-C or SIGTERM before they are ended.",
+    )
+
+
+class SearchSettings(_Settings):
+    """How the search hook finds sources."""
+
+    model_config = SettingsConfigDict(populate_by_name=True)
+
+    search_providers: str | None = Field(
+        None,
+        description="Search providers to ask, in order, comma-separated (e.g. local,zim); default: the "
+        "configured online ones, then local and zim.",
+    )
+    search_timeout: float = Field(6.0, ge=0.1, le=120, description="Seconds each search provider may take.")
+    search_max_results: int = Field(5, ge=1, le=20, description="Sources asked of a provider.")
+    search_retry_after: float = Field(
+        30.0, ge=0, le=3600, description="Seconds a provider that failed or timed out is skipped."
+    )
+    searxng_url: str | None = Field(None, description="A SearXNG instance to search (its JSON API on).")
+    linkup_api_key: SecretStr | None = Field(
+        None,
+        validation_alias=AliasChoices("linkup_api_key", "GEMMA_LOCAL_LINKUP_API_KEY", "LINKUP_API_KEY"),
+        description="Linkup API key (env LINKUP_API_KEY); enables the linkup provider.",
+    )
+    linkup_base_url: str = Field("https://api.linkup.so/v1", description="Linkup API root.")
+    linkup_depth: Literal["fast", "standard", "deep"] = Field("standard", description="Linkup search depth.")
+    search_index: Path | None = Field(None, description="The local index database (default: HOME/search.db).")
+    zim_registry: Path | None = Field(None, description="The list of ZIM archives (default: HOME/zim-archives.json).")
+
+    def provider_names(self) -> list[str] | None:
+        """The providers named by ``search_providers``, or ``None`` for the default chain."""
+        if self.search_providers is None or not self.search_providers.strip():
+            return None
+        return [n.strip().lower() for n in self.search_providers.split(",") if n.strip()]

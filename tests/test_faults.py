@@ -400,10 +400,10 @@ def test_memory_check_refuses_before_loading(monkeypatch) -> None:
 
     from gemma_local import cli_support
     from gemma_local.cli import main
-    from gemma_local.engine import planner
+    from gemma_local.memory import MachineMemory
 
-    small = planner.MachineMemory(total_ram=512 * 1024**2, available_ram=256 * 1024**2, gpu_backend=False)
-    monkeypatch.setattr(planner.MachineMemory, "detect", classmethod(lambda cls: small))
+    small = MachineMemory(total_ram=512 * 1024**2, available_ram=256 * 1024**2, gpu_backend=False)
+    monkeypatch.setattr(MachineMemory, "detect", classmethod(lambda cls: small))
 
     def must_not_load(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("the engine must not be loaded when the plan cannot fit")

@@ -176,7 +176,7 @@ def test_dry_run_shows_the_choice_and_fetches_nothing(fake_hub: FakeHub, env: di
     assert proc.returncode == 0, proc.stderr
     # BF16 and Q8_0 are not in the (fake) repo any more: Q6_K is the best left, and it fits.
     assert proc.stderr.startswith(
-        "Chose gemma-3-1b:q6_k (Q6_K): best quality that fits 4.0 GiB of memory given by --memory-gib"
+        "Chose gemma-3-1b:q6_k (Q6_K): best quality that fits 85% of 4.0 GiB of memory given by --memory-gib"
     )
     assert proc.stdout.startswith("gemma-3-1b:q6_k: unsloth/gemma-3-1b-it-GGUF @ ")
     assert fake_hub.content_requests() == []

@@ -21,13 +21,13 @@ from gemma_local.errors import (
     UnknownModelNameError,
 )
 from gemma_local.hub.download import pull
-from gemma_local.hub.fit import GIB, MemoryBudget
 from gemma_local.hub.plan import plan_pull
 from gemma_local.hub.remote import HubClient
 from gemma_local.hub.resolve import resolve_model
 from gemma_local.hub.store import ModelStore
+from gemma_local.memory import GIB, MachineMemory
 
-PLENTY = MemoryBudget(64 * GIB, "test budget")
+PLENTY = MachineMemory.assume(64 * GIB, "test memory")
 REPO = "test-org/tiny-gemma-GGUF"
 
 
@@ -51,7 +51,7 @@ def fake_hub() -> Iterator[FakeHub]:
 def do_pull(hub: FakeHub, name: str, *, token: str | None = None, **kwargs):
     client = HubClient(endpoint=hub.url, token=token)
     store = ModelStore()
-    plan = plan_pull(name, client=client, store=store, budget=kwargs.pop("budget", PLENTY), **kwargs)
+    plan = plan_pull(name, client=client, store=store, machine=kwargs.pop("machine", PLENTY), **kwargs)
     return pull(plan, client=client, store=store)
 
 
@@ -111,7 +111,7 @@ def test_pulling_again_fetches_nothing(fake_hub: FakeHub, tiny_repo: dict[str, b
     do_pull(fake_hub, f"hf.co/{REPO}:Q4_K_M")
     before = len(fake_hub.content_requests())
     client, store = HubClient(endpoint=fake_hub.url), ModelStore()
-    plan = plan_pull(f"hf.co/{REPO}:Q4_K_M", client=client, store=store, budget=PLENTY)
+    plan = plan_pull(f"hf.co/{REPO}:Q4_K_M", client=client, store=store, machine=PLENTY)
     assert plan.download_bytes == 0 and all(f.stored for f in plan.files)
     # A second quant from the same repo shares the stored projector: only its own file is fetched.
     do_pull(fake_hub, f"hf.co/{REPO}:Q8_0")
@@ -170,7 +170,7 @@ def test_a_server_that_ignores_range_restarts_the_file_cleanly(
 
 def test_a_revision_belongs_to_one_repo_so_a_quant_must_be_named(fake_hub: FakeHub) -> None:
     with pytest.raises(UnknownModelNameError, match=r"name the quantization too, e\.g\. 'gemma-3-27b:qat'"):
-        plan_pull("gemma-3-27b", revision="abc", client=HubClient(endpoint=fake_hub.url), budget=PLENTY)
+        plan_pull("gemma-3-27b", revision="abc", client=HubClient(endpoint=fake_hub.url), machine=PLENTY)
     assert fake_hub.requests == []
 
 
@@ -257,7 +257,7 @@ def test_unreachable_hub_is_one_clear_offline_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(OfflineError) as err:
-        plan_pull("hf.co/org/repo", client=HubClient(endpoint=f"http://127.0.0.1:{port}"), budget=PLENTY)
+        plan_pull("hf.co/org/repo", client=HubClient(endpoint=f"http://127.0.0.1:{port}"), machine=PLENTY)
     assert err.value.message.startswith(f"Cannot reach the Hugging Face Hub at http://127.0.0.1:{port} (")
     assert "`pull` needs the network" in err.value.message
 
@@ -284,24 +284,25 @@ def serve_270m(hub: FakeHub, sizes: dict[str, int] | None = None) -> None:
 
 def test_best_quant_that_fits_is_chosen_and_explained(fake_hub: FakeHub) -> None:
     serve_270m(fake_hub, {"bf16": 10 * GIB, "q8_0": 5 * GIB, "q6_k": 4 * GIB, "q5_k_m": 3 * GIB, "qat": 2 * GIB})
-    plan = plan_pull(
-        "gemma-3-270m", client=HubClient(endpoint=fake_hub.url), budget=MemoryBudget(6 * GIB, "available RAM")
-    )
-    assert plan.name == "gemma-3-270m:q6_k" and plan.aliases == ("gemma-3-270m",)
+    six_gib = MachineMemory.assume(6 * GIB, "available RAM")
+    plan = plan_pull("gemma-3-270m", client=HubClient(endpoint=fake_hub.url), machine=six_gib)
+    # The planner's estimate: weights + KV cache and buffers for one slot of 8192 tokens, within
+    # 85% of the 6 GiB (5.1 GiB): q8_0's 5 GiB of weights fit, bf16's 10 do not.
+    assert plan.name == "gemma-3-270m:q8_0" and plan.aliases == ("gemma-3-270m",)
     assert plan.choice is not None and plan.choice.reason == (
-        "best quality that fits 6.0 GiB of available RAM (needs ≈5.3 GiB with room for context); "
-        "q8_0 would need ≈6.5 GiB"
+        "best quality that fits 85% of 6.0 GiB of available RAM (needs ≈5.1 GiB for 1 slot of 8192 tokens); "
+        "bf16 would need ≈10.0 GiB for 1 slot of 8192 tokens"
     )
     assert fake_hub.content_requests() == []  # planning reads metadata only
 
 
 def test_forcing_a_quant_that_does_not_fit_warns(fake_hub: FakeHub) -> None:
     serve_270m(fake_hub, {"bf16": 10 * GIB})
-    plan = plan_pull(
-        "gemma-3-270m:bf16", client=HubClient(endpoint=fake_hub.url), budget=MemoryBudget(6 * GIB, "available RAM")
-    )
+    six_gib = MachineMemory.assume(6 * GIB, "available RAM")
+    plan = plan_pull("gemma-3-270m:bf16", client=HubClient(endpoint=fake_hub.url), machine=six_gib)
     assert plan.choice is None
-    assert plan.warning is not None and plan.warning.startswith("gemma-3-270m:bf16 needs ≈12.5 GiB")
+    assert plan.warning is not None
+    assert plan.warning.startswith("gemma-3-270m:bf16 needs ≈10.0 GiB for 1 slot of 8192 tokens")
 
 
 def test_catalog_pull_registers_aliases_and_vision(fake_hub: FakeHub) -> None:

@@ -10,8 +10,9 @@ from hub_fake import gguf_mmproj, gguf_model
 from gemma_local.errors import InsufficientMemoryError, StoreError, UnknownModelNameError
 from gemma_local.hub import select
 from gemma_local.hub.catalog import CatalogRequest, HubRequest, load_catalog, parse_name
-from gemma_local.hub.fit import GIB, MemoryBudget, check_fit, choose_quant, required_bytes
+from gemma_local.hub.fit import candidate, check_fit, choose_quant
 from gemma_local.hub.gguf_meta import read_gguf
+from gemma_local.memory import GIB, GpuMemory, MachineMemory, minimum_plan, plan
 
 # --- catalog ---------------------------------------------------------------------------------
 
@@ -121,43 +122,82 @@ def test_default_model_is_the_only_one_else_q4_k_m() -> None:
     assert select.select_default(["a-Q8_0.gguf", "a-Q6_K.gguf"]) is None
 
 
-# --- the memory rule -------------------------------------------------------------------------
+# --- the memory rule: pull asks the planner serve uses --------------------------------------
+
+_27B = load_catalog().models["gemma-3-27b"].shape("gemma-3-27b", 0)
 
 
-def test_required_memory_is_weights_plus_20_percent_plus_context_reserve() -> None:
-    assert required_bytes(10 * GIB, 4) == 16 * GIB
+def _27b(quant: str, weights_gib: float, projector_gib: float = 0):
+    return candidate(quant, _27B, int(weights_gib * GIB), int(projector_gib * GIB))
 
 
-def test_choose_quant_takes_the_best_that_fits_and_says_why() -> None:
-    candidates = [("q8_0", 28 * GIB), ("q6_k", 22 * GIB), ("q4_k_m", 16 * GIB)]
-    budget = MemoryBudget(30 * GIB, "available RAM")
-    choice = choose_quant(candidates, context_reserve_gib=4, budget=budget, model="gemma-3-27b")
-    assert choice.quant == "q4_k_m"  # 16 × 1.2 + 4 = 23.2 GiB ≤ 30; q6_k needs 30.4
-    assert choice.required_bytes == int(16 * GIB * 1.2 + 4 * GIB)
+def test_choose_quant_takes_the_best_the_planner_fits_and_says_why() -> None:
+    machine = MachineMemory.assume(30 * GIB, "available RAM")  # a plan may use 25.5 GiB
+    choice = choose_quant([_27b("q8_0", 28), _27b("q6_k", 22), _27b("q4_k_m", 16)], machine=machine, model="27b")
+    assert choice.quant == "q6_k"  # 22 GiB of weights + 1.2 GiB KV for 8192 tokens + buffers
+    assert choice.required_bytes == minimum_plan(_27b("q6_k", 22).shape, machine).estimate.total
     assert choice.reason == (
-        "best quality that fits 30.0 GiB of available RAM (needs ≈23.2 GiB with room for context); "
-        "q6_k would need ≈30.4 GiB"
+        "best quality that fits 85% of 30.0 GiB of available RAM (needs ≈23.4 GiB for 1 slot of 8192 tokens); "
+        "q8_0 would need ≈28.8 GiB for 1 slot of 8192 tokens"
     )
+
+
+def test_choose_quant_counts_the_vision_projector() -> None:
+    machine = MachineMemory.assume(28 * GIB, "available RAM")  # 23.8 GiB for a plan
+    assert choose_quant([_27b("q6_k", 22)], machine=machine, model="27b").quant == "q6_k"
+    with pytest.raises(InsufficientMemoryError):
+        choose_quant([_27b("q6_k", 22, projector_gib=1)], machine=machine, model="27b")
 
 
 def test_choose_quant_refuses_when_nothing_fits() -> None:
     with pytest.raises(InsufficientMemoryError) as err:
         choose_quant(
-            [("q8_0", 28 * GIB), ("qat", 15 * GIB)],
-            context_reserve_gib=4,
-            budget=MemoryBudget(8 * GIB, "available RAM"),
+            [_27b("q8_0", 28), _27b("qat", 15)],
+            machine=MachineMemory.assume(8 * GIB, "available RAM"),
             model="gemma-3-27b",
         )
     assert err.value.smallest == "gemma-3-27b:qat"
+    assert err.value.available == int(8 * GIB * 0.85)
     assert "`gemma-local pull gemma-3-27b:qat`" in str(err.value)
     assert isinstance(err.value, MemoryError)
 
 
 def test_forced_quant_that_does_not_fit_warns() -> None:
-    budget = MemoryBudget(16 * GIB, "available RAM")
-    warning = check_fit("gemma-3-27b:q8_0", 28 * GIB, context_reserve_gib=4, budget=budget)
-    assert warning is not None and warning.startswith("gemma-3-27b:q8_0 needs ≈37.6 GiB")
-    assert check_fit("gemma-3-4b:qat", 3 * GIB, context_reserve_gib=2, budget=budget) is None
+    machine = MachineMemory.assume(16 * GIB, "available RAM")
+    warning = check_fit("gemma-3-27b:q8_0", _27b("q8_0", 28), machine=machine)
+    assert warning is not None and warning.startswith("gemma-3-27b:q8_0 needs ≈28.8 GiB for 1 slot of 8192 tokens")
+    small = load_catalog().models["gemma-3-4b"].shape("gemma-3-4b", 0)
+    assert check_fit("gemma-3-4b:qat", candidate("qat", small, 3 * GIB), machine=machine) is None
+
+
+TWO_GPUS = MachineMemory(
+    total_ram=32 * GIB,
+    available_ram=8 * GIB,
+    gpu_backend=True,
+    gpus=(GpuMemory(12 * GIB, 12 * GIB), GpuMemory(12 * GIB, 12 * GIB)),
+)
+METAL = MachineMemory(total_ram=32 * GIB, available_ram=31 * GIB, gpu_backend=True, unified=True)
+
+
+@pytest.mark.parametrize("machine", [TWO_GPUS, METAL], ids=["two-gpus", "metal"])
+def test_pull_chooses_what_the_planner_can_serve(machine: MachineMemory) -> None:
+    """The quant pull picks is one serve's planner fits on the same machine; the better one is not.
+
+    Two 12 GiB GPUs count as 24 GiB (llama.cpp splits layers over both); Metal may wire only
+    75% of RAM however much is free. The old rule (hub/fit.py) and the old planner disagreed on both.
+    """
+    candidates = [_27b("q8_0", 28), _27b("q6_k", 22), _27b("q5_k_m", 18), _27b("qat", 15)]
+    choice = choose_quant(candidates, machine=machine, model="gemma-3-27b")
+    chosen = next(c for c in candidates if c.quant == choice.quant)
+    assert plan(chosen.shape, machine).fits  # what `serve` runs, with every default
+    assert plan(chosen.shape, machine, parallel=1).ctx >= 8192  # `serve --parallel 1`
+    assert choice.required_bytes == minimum_plan(chosen.shape, machine).estimate.total <= machine.budget
+    better = candidates[candidates.index(chosen) - 1]
+    assert not minimum_plan(better.shape, machine).fits
+    # Both GPUs: 6.8 + 21.6 GiB (the first GPU alone would leave room for qat only). Metal: 85% of
+    # its 24 GiB working set (85% of the 31 GiB free would have taken q6_k, which Metal cannot wire).
+    expected = {"two-gpus": ("q6_k", 28.4), "metal": ("q5_k_m", 20.4)}
+    assert (choice.quant, round(machine.budget / GIB, 1)) == expected["two-gpus" if machine is TWO_GPUS else "metal"]
 
 
 # --- GGUF metadata ---------------------------------------------------------------------------
@@ -207,3 +247,30 @@ def test_human_bytes() -> None:
         "857.7 MB",
         "16.5 GB",
     ]
+
+
+# --- layering ------------------------------------------------------------------------------
+
+
+def _imports(folder: Path) -> set[str]:
+    import ast
+
+    found: set[str] = set()
+    for path in folder.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found.update(alias.name for alias in node.names)
+    return {name for name in found if name.startswith("gemma_local")}
+
+
+def test_the_memory_model_sits_below_hub_and_engine() -> None:
+    """hub and the CLI plan with gemma_local.memory; it imports only the GGUF reader and errors."""
+    import gemma_local
+
+    package = Path(gemma_local.__file__).parent
+    assert _imports(package / "memory") <= {"gemma_local.gguf", "gemma_local.errors"} | {
+        f"gemma_local.memory.{m}" for m in ("machine", "planner")
+    }
+    assert not {m for m in _imports(package / "hub") if m.startswith(("gemma_local.engine", "gemma_local.server"))}

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gemma_local.engine.model import ContextParams, LlamaModel
-from gemma_local.engine.planner import (
-    GEMMA3_27B,
-    GIB,
-    MachineMemory,
-    ModelShape,
-    estimate,
-    plan,
-)
+from gemma_local.hub.catalog import load_catalog
+from gemma_local.memory import GIB, GpuMemory, MachineMemory, ModelShape, estimate, plan
+
+_27B = load_catalog().models["gemma-3-27b"]
+GEMMA3_27B = _27B.shape("Gemma 3 27B (QAT Q4_0)", _27B.quants["qat"].approx_bytes)
 
 
 def test_shape_read_from_the_gguf_header(model_path: Path) -> None:
@@ -22,6 +20,15 @@ def test_shape_read_from_the_gguf_header(model_path: Path) -> None:
     assert (shape.n_layer, shape.n_embd, shape.n_head, shape.n_head_kv, shape.head_dim_k) == (18, 640, 4, 1, 256)
     assert (shape.n_swa, shape.n_ctx_train, shape.n_vocab) == (512, 32768, 262144)
     assert (shape.n_global_layers, shape.n_swa_layers) == (3, 15)
+
+
+def test_the_catalog_shape_pull_plans_with_is_the_gguf_header_serve_plans_with(model_path: Path) -> None:
+    """``pull`` plans from the catalog before the download, ``serve`` from the file after it."""
+    from dataclasses import replace as with_
+
+    header = ModelShape.from_gguf(model_path)
+    catalog = load_catalog().models["gemma-3-270m"].shape(header.name, header.weights_bytes)
+    assert with_(catalog, file_type=header.file_type) == header
 
 
 @pytest.mark.parametrize(
@@ -85,11 +92,69 @@ def test_plan_keeps_what_the_user_fixed() -> None:
 
 def test_gpu_layers_follow_free_vram() -> None:
     gpu = MachineMemory(
-        total_ram=64 * GIB, available_ram=60 * GIB, gpu_backend=True, vram_total=24 * GIB, vram_free=12 * GIB
+        total_ram=64 * GIB, available_ram=60 * GIB, gpu_backend=True, gpus=(GpuMemory(24 * GIB, 12 * GIB),)
     )
     p = plan(GEMMA3_27B, gpu)
     assert 0 < p.gpu_layers < GEMMA3_27B.n_layer + 1
     big = MachineMemory(
-        total_ram=64 * GIB, available_ram=60 * GIB, gpu_backend=True, vram_total=80 * GIB, vram_free=80 * GIB
+        total_ram=64 * GIB, available_ram=60 * GIB, gpu_backend=True, gpus=(GpuMemory(80 * GIB, 80 * GIB),)
     )
     assert plan(GEMMA3_27B, big).gpu_layers == GEMMA3_27B.n_layer + 1
+
+
+def test_two_gpus_hold_what_one_gpu_of_their_sum_holds() -> None:
+    """llama.cpp splits layers over every GPU: two 12 GiB cards offload like one 24 GiB card."""
+    one = MachineMemory(
+        total_ram=64 * GIB, available_ram=60 * GIB, gpu_backend=True, gpus=(GpuMemory(24 * GIB, 24 * GIB),)
+    )
+    two = MachineMemory(
+        total_ram=64 * GIB,
+        available_ram=60 * GIB,
+        gpu_backend=True,
+        gpus=(GpuMemory(12 * GIB, 12 * GIB), GpuMemory(12 * GIB, 12 * GIB)),
+    )
+    assert two.vram_free == one.vram_free == 24 * GIB and two.budget == one.budget
+    a, b = plan(GEMMA3_27B, one), plan(GEMMA3_27B, two)
+    assert (a.ctx, a.parallel, a.kv_type, a.gpu_layers, a.estimate) == (
+        b.ctx,
+        b.parallel,
+        b.kv_type,
+        b.gpu_layers,
+        b.estimate,
+    )
+    assert b.gpu_layers > plan(GEMMA3_27B, replace(two, gpus=two.gpus[:1])).gpu_layers
+
+
+def test_metal_plans_within_its_working_set() -> None:
+    """On Apple silicon Metal wires at most ~75% of RAM, however much is free."""
+    mac = MachineMemory(total_ram=32 * GIB, available_ram=30 * GIB, gpu_backend=True, unified=True)
+    assert mac.usable_ram == 24 * GIB and mac.budget == int(24 * GIB * 0.85)
+    p = plan(GEMMA3_27B, mac)
+    assert p.fits and p.estimate.total <= 24 * GIB * 0.85
+    assert p.gpu_layers == GEMMA3_27B.n_layer + 1  # unified memory: every layer on the GPU
+    cpu_build = replace(mac, gpu_backend=False)  # no Metal, no cap
+    assert cpu_build.usable_ram == 30 * GIB
+
+
+def test_the_vision_projector_is_counted() -> None:
+    machine = MachineMemory(total_ram=64 * GIB, available_ram=60 * GIB)
+    without = plan(GEMMA3_27B, machine, ctx=8192, parallel=1)
+    with_projector = plan(GEMMA3_27B, machine, ctx=8192, parallel=1, projector_bytes=GIB)
+    assert with_projector.estimate.total == without.estimate.total + GIB
+
+
+def test_detect_reads_every_gpu_nvidia_smi_lists(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stand-in nvidia-smi (no GPU here): every line is a GPU, and their memory adds up."""
+    from gemma_local.memory import machine as machine_module
+
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text("#!/bin/sh\nprintf '81559, 80000\\n24564, 20000\\n'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.setattr(machine_module, "_gpu_offload_supported", lambda: True)
+    monkeypatch.setattr(machine_module.platform, "system", lambda: "Linux")
+    detected = MachineMemory.detect()
+    assert detected.gpus == (GpuMemory(81559 * 2**20, 80000 * 2**20), GpuMemory(24564 * 2**20, 20000 * 2**20))
+    assert detected.vram_free == 100000 * 2**20 and detected.vram_budget == int(100000 * 2**20 * 0.9)
+    monkeypatch.setattr(machine_module, "_gpu_offload_supported", lambda: False)  # a CPU build: GPUs unused
+    assert MachineMemory.detect().gpus == ()

@@ -11,26 +11,23 @@ from typing import Any
 import click
 
 from gemma_local.cli_support import CliError, friendly_errors
+from gemma_local.settings import SearchSettings
 
 _MAX_SKIPPED_SHOWN = 10
 
 
-def _settings() -> Any:
-    from gemma_local.search.settings import SearchSettings
-
-    return SearchSettings()
-
-
 def _local_index() -> Any:
+    from gemma_local.search.locations import index_path
     from gemma_local.search.providers.local_index import LocalIndex
 
-    return LocalIndex(_settings().index_path())
+    return LocalIndex(index_path(SearchSettings()))
 
 
 def _zim_library() -> Any:
+    from gemma_local.search.locations import zim_registry_path
     from gemma_local.search.providers.zim import ZimLibrary
 
-    return ZimLibrary(_settings().zim_registry_path())
+    return ZimLibrary(zim_registry_path(SearchSettings()))
 
 
 @click.group()
@@ -147,7 +144,7 @@ def index_search(query: str, limit: int, providers: tuple[str, ...], as_json: bo
 
     Providers are asked in order and the first with results answers.
     """
-    from gemma_local.search import SearchSettings, default_chain, run_search
+    from gemma_local.search import default_chain, run_search
 
     names = ",".join(providers) if providers else "local,zim"
     settings = SearchSettings(search_providers=names, search_max_results=limit)

@@ -18,7 +18,7 @@ def _gib(n: float) -> str:
 
 
 def _cost_table(shape, ctxs: list[int]) -> list[dict[str, Any]]:
-    from gemma_local.engine.planner import estimate
+    from gemma_local.memory import estimate
 
     rows = []
     for ctx in ctxs:
@@ -50,8 +50,9 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     """
     import psutil
 
-    from gemma_local.engine.planner import GEMMA3_27B, MachineMemory, ModelShape
+    from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.resolve import resolve_model
+    from gemma_local.memory import MachineMemory, ModelShape
 
     if model_arg:
         engine_flags["model"] = model_arg
@@ -59,7 +60,9 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     resolved = resolve_model(settings.model)
     shape = ModelShape.from_gguf(resolved.path)
     machine = MachineMemory.detect()
-    chosen = plan_for(settings, resolved.path)
+    chosen = plan_for(settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine)
+    big = load_catalog().models["gemma-3-27b"]
+    gemma_3_27b = big.shape("Gemma 3 27B (QAT Q4_0)", big.quants["qat"].approx_bytes)
     ctxs = sorted({c for c in (4096, 32768, shape.n_ctx_train) if c <= shape.n_ctx_train})
     result = {
         "machine": {
@@ -70,6 +73,10 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             "gpu_backend": machine.gpu_backend,
             "vram_total_bytes": machine.vram_total,
             "vram_free_bytes": machine.vram_free,
+            "gpus": [{"total_bytes": g.total, "free_bytes": g.free} for g in machine.gpus],
+            "unified_memory": machine.unified,
+            "plan_budget_bytes": machine.budget,
+            "plan_budget": machine.describe_budget(),
         },
         "model": {
             "id": resolved.id,
@@ -89,7 +96,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         },
         "plan": chosen.as_dict(),
         "kv_cost": _cost_table(shape, ctxs),
-        "gemma_3_27b_at_128k": _cost_table(GEMMA3_27B, [131072]),
+        "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
     }
     if as_json:
         click.echo(json.dumps(result, indent=2))
@@ -100,8 +107,12 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     click.echo(f"  RAM              {_gib(m['ram_available_bytes'])} free of {_gib(m['ram_total_bytes'])}")
     gpu = "yes" if machine.gpu_backend else "no (CPU build)"
     if machine.vram_total:
-        gpu += f", {_gib(machine.vram_free or 0)} free of {_gib(machine.vram_total)} VRAM"
+        count = len(machine.gpus)
+        gpu += f", {_gib(machine.vram_free or 0)} free of {_gib(machine.vram_total)} VRAM on {count} GPU(s)"
+    elif machine.unified and machine.gpu_backend:
+        gpu += ", Metal (unified memory)"
     click.echo(f"  GPU offload      {gpu}")
+    click.echo(f"  usable by a plan {_gib(machine.budget)} ({machine.describe_budget()})")
     click.echo(f"Model {mo['id']}  ({mo['path']})")
     click.echo(f"  architecture     {mo['architecture']}, {mo['name']}")
     click.echo(f"  weights          {_gib(mo['weights_bytes'])}")
@@ -117,6 +128,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     click.echo(
         f"  memory           {_gib(e.total)} = weights {_gib(e.weights)} + KV {_gib(e.kv)} "
         f"+ compute {_gib(e.compute)} + output {_gib(e.output)}"
+        + (f" + vision projector {_gib(e.projector)}" if e.projector else "")
     )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")

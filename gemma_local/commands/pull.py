@@ -16,7 +16,7 @@ from gemma_local.cli_support import friendly_errors
 @click.option(
     "--memory-gib",
     type=click.FloatRange(min=0.1),
-    help="Choose the quantization for this much free memory instead of measuring this machine.",
+    help="Choose the quantization for a machine with this much free memory (CPU only) instead of measuring this one.",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would be downloaded, and stop.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object on stdout; no progress bar.")
@@ -26,25 +26,26 @@ def pull(name: str, revision: str | None, memory_gib: float | None, dry_run: boo
 
     NAME is a catalog model (gemma-3-27b, gemma-3-12b, gemma-3-4b, gemma-3-1b, gemma-3-270m),
     optionally with a quantization (gemma-3-27b:q4_k_m, gemma-3-4b:qat), or any GGUF repo on
-    the Hub as hf.co/ORG/REPO[:QUANT_OR_FILE]. With no quantization, the best one that fits
-    this machine's memory is chosen. Every file is checked against the Hub's sha256 before the
+    the Hub as hf.co/ORG/REPO[:QUANT_OR_FILE]. With no quantization, the best one the memory
+    planner fits on this machine (one slot of 8192 tokens at least, as serve would plan it) is
+    chosen. Every file is checked against the Hub's sha256 before the
     model is registered. Gated repos need HF_TOKEN; HF_ENDPOINT selects a mirror.
     """
     from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.download import pull as run_pull
-    from gemma_local.hub.fit import GIB, MemoryBudget
     from gemma_local.hub.plan import plan_pull
     from gemma_local.hub.progress import human_bytes, make_progress
     from gemma_local.hub.remote import HubClient
     from gemma_local.hub.store import ModelStore
+    from gemma_local.memory import GIB, MachineMemory
 
     def say(text: str) -> None:
         if not as_json:
             click.echo(text, err=True)
 
-    budget = MemoryBudget(int(memory_gib * GIB), "memory given by --memory-gib") if memory_gib else None
+    machine = MachineMemory.assume(int(memory_gib * GIB), "memory given by --memory-gib") if memory_gib else None
     client, store = HubClient(), ModelStore()
-    plan = plan_pull(name, revision=revision, budget=budget, client=client, store=store)
+    plan = plan_pull(name, revision=revision, machine=machine, client=client, store=store)
     if plan.choice is not None:
         say(f"Chose {plan.name} ({load_catalog().label(plan.choice.quant)}): {plan.choice.reason}.")
     if plan.warning:

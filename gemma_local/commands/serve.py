@@ -14,14 +14,12 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors
+from gemma_local.cli_support import CliError, engine_options, friendly_errors, setting_option, settings_from_flags
 from gemma_local.commands.search_options import search_options, search_settings
-from gemma_local.settings import ServerSettings
+from gemma_local.settings import EngineSettings, SearchSettings, ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
 
-#: Seconds answers in progress get to finish when the server is asked to stop.
-DEFAULT_SHUTDOWN_GRACE_S = 10.0
 #: After the grace period, how long uvicorn still waits before cancelling what is left.
 SHUTDOWN_BACKSTOP_S = 5.0
 
@@ -57,49 +55,18 @@ def base_urls(host: str, port: int) -> tuple[str, str]:
 
 
 @click.command()
-@click.option("--host", default=None, help="Address to bind.  [default: 127.0.0.1]")
-@click.option("--port", type=click.IntRange(0, 65535), default=None, help="Port (0: any free one).  [default: 8080]")
-@click.option(
-    "--api-key", envvar="GEMMA_LOCAL_API_KEY", help="Require this key (Bearer or x-api-key) [env: GEMMA_LOCAL_API_KEY]."
-)
-@click.option("--cors-origin", "cors_origins", multiple=True, help="Allow browser calls from this origin (repeatable).")
-@click.option("--max-output-tokens", type=click.IntRange(1, 131072), help="Cap on output tokens per answer. [8192]")
-@click.option(
-    "--allow-remote-images",
-    is_flag=True,
-    default=None,
-    help="Fetch http(s) image URLs in requests (public addresses only, size- and time-limited).",
-)
-@click.option(
-    "--allowed-image-host",
-    "allowed_image_hosts",
-    multiple=True,
-    help="A host remote images may come from even if it is private or loopback (repeatable).",
-)
-@click.option(
-    "--shutdown-grace",
-    "shutdown_grace",
-    type=click.FloatRange(0, 3600),
-    default=DEFAULT_SHUTDOWN_GRACE_S,
-    show_default=True,
-    envvar="GEMMA_LOCAL_SHUTDOWN_GRACE",
-    help="Seconds answers in progress get to finish on Ctrl-C or SIGTERM before they are ended "
-    "[env: GEMMA_LOCAL_SHUTDOWN_GRACE].",
-)
+@setting_option(ServerSettings, "host")
+@setting_option(ServerSettings, "port")
+@setting_option(ServerSettings, "api_key")
+@setting_option(ServerSettings, "cors_origins", "--cors-origin")
+@setting_option(ServerSettings, "max_output_tokens")
+@setting_option(ServerSettings, "allow_remote_images")
+@setting_option(ServerSettings, "allowed_image_hosts", "--allowed-image-host")
+@setting_option(ServerSettings, "shutdown_grace")
 @search_options
 @engine_options
 @friendly_errors
-def serve(
-    host: str | None,
-    port: int | None,
-    api_key: str | None,
-    cors_origins: tuple[str, ...],
-    max_output_tokens: int | None,
-    allow_remote_images: bool | None,
-    allowed_image_hosts: tuple[str, ...],
-    shutdown_grace: float,
-    **engine_flags: Any,
-) -> None:
+def serve(**flags: Any) -> None:
     """Serve the model over HTTP as an OpenAI and Anthropic compatible API.
 
     Point any SDK at it: OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=...) or
@@ -110,28 +77,32 @@ def serve(
     finish for --shutdown-grace seconds, ends any still running with a clean error event, and
     exits 0. A second Ctrl-C exits at once.
     """
+    settings, eng_settings, search = serve_settings(flags)
+    _run(settings, eng_settings, search)
+
+
+def serve_settings(flags: dict[str, Any]) -> tuple[ServerSettings, EngineSettings, SearchSettings]:
+    """The server, engine and search settings of ``serve``: its flags, then env, then defaults.
+
+    With no model given (flag or ``GEMMA_LOCAL_MODEL``), the largest model in the store is served.
+
+    Raises:
+        CliError: an invalid value (most likely an environment variable's).
+    """
+    settings = settings_from_flags(ServerSettings, flags)
+    eng_settings = settings_from_flags(EngineSettings, flags)
+    if eng_settings.model is None:
+        eng_settings = eng_settings.model_copy(update={"model": best_local_model()})
+    return settings, eng_settings, search_settings(**flags)
+
+
+def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchSettings) -> None:
     from gemma_local.cli_support import open_engine
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.search import default_chain
     from gemma_local.server import create_app
 
-    search_flags = {k: engine_flags.pop(k) for k in ("search_providers", "searxng_url", "search_timeout")}
-    search_chain = default_chain(search_settings(**search_flags))
-    flags = {
-        "host": host,
-        "port": port,
-        "api_key": api_key,
-        "max_output_tokens": max_output_tokens,
-        "allow_remote_images": allow_remote_images,
-    }
-    if cors_origins:
-        flags["cors_origins"] = list(cors_origins)
-    if allowed_image_hosts:
-        flags["allowed_image_hosts"] = list(allowed_image_hosts)
-    settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
-    if engine_flags.get("model") is None:
-        engine_flags["model"] = best_local_model()
-    eng_settings = engine_settings(**engine_flags)
+    search_chain = default_chain(search)
     resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
     if not is_loopback(settings.host) and not settings.api_key:
         click.secho(
@@ -153,7 +124,7 @@ def serve(
     app = create_app(
         lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
     )
-    server = _announcing_server(app, settings.host, settings.port, resolved.id, shutdown_grace)
+    server = _announcing_server(app, settings.host, settings.port, resolved.id, settings.shutdown_grace)
     server.run()
     if failures:
         error = failures[0]

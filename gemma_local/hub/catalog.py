@@ -20,8 +20,11 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field
 
 from gemma_local.errors import UnknownModelNameError
+from gemma_local.memory import ModelShape
+from gemma_local.memory.planner import GEMMA3_SWA_PATTERN
 
 __all__ = [
+    "Architecture",
     "Catalog",
     "CatalogModel",
     "CatalogRequest",
@@ -57,14 +60,50 @@ class QuantSource(_Strict):
     gated: GatedSource | None = None
 
 
+class Architecture(_Strict):
+    """The published shape of a model (its ``config.json``): what memory depends on besides the weights."""
+
+    layers: int = Field(gt=0)
+    embedding_length: int = Field(gt=0)
+    feed_forward_length: int = Field(gt=0)
+    heads: int = Field(gt=0)
+    kv_heads: int = Field(gt=0)
+    head_dim: int = Field(gt=0)
+    sliding_window: int = Field(ge=0)
+    vocab: int = Field(gt=0)
+
+
 class CatalogModel(_Strict):
     """One Gemma 3 size and the quantizations published for it."""
 
     description: str
     vision: bool
     context_length: int = Field(gt=0)
-    context_reserve_gib: float = Field(gt=0, description="Memory kept free for the KV cache and buffers.")
+    architecture: Architecture
     quants: dict[str, QuantSource]
+
+    def shape(self, name: str, weights_bytes: int) -> ModelShape:
+        """The memory planner's view of this model at one quantization (``weights_bytes`` of GGUF).
+
+        The same numbers ``ModelShape.from_gguf`` reads from the file once it is downloaded.
+        """
+        a = self.architecture
+        return ModelShape(
+            name=name,
+            architecture="gemma3",
+            weights_bytes=weights_bytes,
+            n_layer=a.layers,
+            n_embd=a.embedding_length,
+            n_ff=a.feed_forward_length,
+            n_head=a.heads,
+            n_head_kv=a.kv_heads,
+            head_dim_k=a.head_dim,
+            head_dim_v=a.head_dim,
+            n_swa=a.sliding_window,
+            swa_pattern=GEMMA3_SWA_PATTERN,
+            n_ctx_train=self.context_length,
+            n_vocab=a.vocab,
+        )
 
 
 class Catalog(_Strict):

@@ -1,110 +1,64 @@
-"""Will a model fit this machine? The conservative rule ``pull`` uses to choose a quantization.
+"""Will a model fit this machine? How ``pull`` chooses a quantization, with the planner ``serve`` uses.
 
-Rule: weights (+ vision projector) × 1.2, plus the model's context reserve (a few GiB for the KV
-cache and compute buffers, from the catalog), must fit in the memory that is available now:
-free VRAM when llama.cpp has a GPU backend and ``nvidia-smi`` reports it, otherwise available
-RAM (on Apple Silicon, at most the ~75% of RAM that Metal lets one process wire).
+A quantization fits when the memory planner (:func:`gemma_local.memory.minimum_plan`) can run
+one slot of 8192 tokens with it: weights + vision projector + KV cache + compute buffers within
+what the machine lets a plan use (:class:`gemma_local.memory.MachineMemory`: 85% of available
+RAM, Metal's cap on Apple silicon, plus 90% of free VRAM over every NVIDIA GPU). ``serve`` runs
+the same planner on the same machine, so what ``pull`` chose it can always plan, with more
+slots or context where memory allows.
+
+Before the download the model's shape comes from the catalog (the published architecture) and
+the weights' size from the Hub; after it, ``serve`` reads the same numbers from the GGUF header.
 """
 
 from __future__ import annotations
 
-import platform
-import shutil
-import subprocess
-from dataclasses import dataclass
-
-import psutil
+from dataclasses import dataclass, replace
 
 from gemma_local.errors import InsufficientMemoryError
+from gemma_local.memory import GIB, MachineMemory, ModelShape, Plan, minimum_plan
 
-__all__ = ["MemoryBudget", "QuantChoice", "choose_quant", "detect_memory", "required_bytes"]
-
-GIB = 2**30
-WEIGHT_OVERHEAD = 1.2  # runtime copies, alignment, output buffers: measured loads stay under +20%
-_METAL_WORKING_SET = 0.75  # recommendedMaxWorkingSetSize is ~2/3-3/4 of RAM on Apple Silicon
+__all__ = ["Candidate", "QuantChoice", "candidate", "check_fit", "choose_quant"]
 
 
 @dataclass(frozen=True)
-class MemoryBudget:
-    """How much memory a model may use here, and where the number came from."""
+class Candidate:
+    """One quantization to consider: its shape (weights size included) and projector size."""
 
-    available_bytes: int
-    source: str  # e.g. "available RAM", "free VRAM on 1 NVIDIA GPU", "--memory-gib"
+    quant: str
+    shape: ModelShape
+    projector_bytes: int = 0
 
-    def describe(self) -> str:
-        return f"{self.available_bytes / GIB:.1f} GiB of {self.source}"
-
-
-def required_bytes(weights_bytes: int, context_reserve_gib: float) -> int:
-    """Memory needed to load ``weights_bytes`` of GGUF and still hold a useful context."""
-    return int(weights_bytes * WEIGHT_OVERHEAD + context_reserve_gib * GIB)
+    def plan(self, machine: MachineMemory) -> Plan:
+        return minimum_plan(self.shape, machine, projector_bytes=self.projector_bytes)
 
 
-def detect_memory() -> MemoryBudget:
-    """Measure this machine: free VRAM with a GPU backend, else available RAM."""
-    vram = _nvidia_free_vram() if _llama_has_gpu_offload() else None
-    if vram is not None:
-        free, count = vram
-        return MemoryBudget(free, f"free VRAM on {count} NVIDIA GPU{'s' if count > 1 else ''}")
-    ram = psutil.virtual_memory()
-    if platform.system() == "Darwin" and platform.machine() == "arm64":
-        usable = min(ram.available, int(ram.total * _METAL_WORKING_SET))
-        return MemoryBudget(usable, "unified memory available to Metal")
-    return MemoryBudget(ram.available, "available RAM")
-
-
-def _llama_has_gpu_offload() -> bool:
-    try:
-        import llama_cpp
-    except ImportError:
-        return False
-    try:
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # an old or broken build: assume CPU, the conservative answer
-        return False
-
-
-def _nvidia_free_vram() -> tuple[int, int] | None:
-    exe = shutil.which("nvidia-smi")
-    if exe is None:
-        return None
-    try:
-        out = subprocess.run(
-            [exe, "--query-gpu=memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout
-        mib = [int(line) for line in out.split() if line.strip().isdigit()]
-    except (OSError, subprocess.SubprocessError, ValueError):
-        return None
-    if not mib:
-        return None
-    # llama.cpp splits layers across GPUs, so their free memory adds up.
-    return sum(mib) * 2**20, len(mib)
+def candidate(quant: str, base: ModelShape, weights_bytes: int, projector_bytes: int = 0) -> Candidate:
+    """A :class:`Candidate` from a model's shape and one quantization's file sizes."""
+    return Candidate(quant, replace(base, weights_bytes=weights_bytes), projector_bytes)
 
 
 @dataclass(frozen=True)
 class QuantChoice:
-    """What was chosen, how much it needs, and a sentence saying why."""
+    """What was chosen, what the planner says it needs, and a sentence saying why."""
 
     quant: str
     required_bytes: int
-    budget: MemoryBudget
+    machine: MachineMemory
     reason: str
     fits: bool
 
 
-def choose_quant(
-    candidates: list[tuple[str, int]], *, context_reserve_gib: float, budget: MemoryBudget, model: str
-) -> QuantChoice:
-    """Pick the best quantization that fits ``budget``.
+def _needs(plan: Plan) -> str:
+    return f"≈{plan.estimate.total / GIB:.1f} GiB for {plan.parallel} slot of {plan.ctx} tokens"
+
+
+def choose_quant(candidates: list[Candidate], *, machine: MachineMemory, model: str) -> QuantChoice:
+    """Pick the best quantization the planner can fit on ``machine``.
 
     Args:
-        candidates: ``(quant, weights_bytes)`` pairs, best quality first.
-        context_reserve_gib: memory kept for the KV cache (from the catalog).
-        budget: what this machine has (``detect_memory()``).
+        candidates: best quality first.
+        machine: what to plan for (``MachineMemory.detect()``, or one ``--memory-gib`` describes).
         model: catalog model name, for messages.
 
     Raises:
@@ -112,31 +66,31 @@ def choose_quant(
     """
     if not candidates:
         raise ValueError("no candidates")
-    for index, (quant, weights) in enumerate(candidates):
-        need = required_bytes(weights, context_reserve_gib)
-        if need <= budget.available_bytes:
-            better = candidates[:index]
-            why = f"best quality that fits {budget.describe()} (needs ≈{need / GIB:.1f} GiB with room for context)"
-            if better:
-                above, above_weights = better[-1]
-                above_need = required_bytes(above_weights, context_reserve_gib)
-                why += f"; {above} would need ≈{above_need / GIB:.1f} GiB"
-            return QuantChoice(quant, need, budget, why, fits=True)
-    smallest, weights = min(candidates, key=lambda c: c[1])
+    plans = []
+    for c in candidates:
+        p = c.plan(machine)
+        if p.fits:
+            why = f"best quality that fits {machine.describe_budget()} (needs {_needs(p)})"
+            if plans:
+                above, above_plan = plans[-1]
+                why += f"; {above.quant} would need {_needs(above_plan)}"
+            return QuantChoice(c.quant, p.estimate.total, machine, why, fits=True)
+        plans.append((c, p))
+    smallest, smallest_plan = min(plans, key=lambda cp: cp[1].estimate.total)
     raise InsufficientMemoryError(
         model,
-        required=required_bytes(weights, context_reserve_gib),
-        available=budget.available_bytes,
-        smallest=f"{model}:{smallest}",
+        required=smallest_plan.estimate.total,
+        available=machine.budget,
+        smallest=f"{model}:{smallest.quant}",
     )
 
 
-def check_fit(quant_name: str, weights_bytes: int, *, context_reserve_gib: float, budget: MemoryBudget) -> str | None:
-    """A warning when a quantization the user forced will not fit, else ``None``."""
-    need = required_bytes(weights_bytes, context_reserve_gib)
-    if need <= budget.available_bytes:
+def check_fit(name: str, c: Candidate, *, machine: MachineMemory) -> str | None:
+    """A warning when a quantization the user named will not fit, else ``None``."""
+    p = c.plan(machine)
+    if p.fits:
         return None
     return (
-        f"{quant_name} needs ≈{need / GIB:.1f} GiB of memory with room for a context, but this machine has "
-        f"{budget.describe()}; it may swap heavily or fail to load. Downloading anyway as asked."
+        f"{name} needs {_needs(p)}, but a plan may use {machine.budget / GIB:.1f} GiB here "
+        f"({machine.describe_budget()}); it may swap heavily or fail to load. Downloading anyway as asked."
     )

@@ -14,17 +14,18 @@ from typing import Literal
 
 from gemma_local.errors import DownloadError, GatedRepoError, RemoteNotFoundError, UnknownModelNameError
 from gemma_local.hub import select
-from gemma_local.hub.catalog import CatalogRequest, HubRequest, QuantSource, load_catalog, parse_name
-from gemma_local.hub.fit import MemoryBudget, QuantChoice, check_fit, choose_quant, detect_memory
+from gemma_local.hub.catalog import CatalogModel, CatalogRequest, HubRequest, QuantSource, load_catalog, parse_name
+from gemma_local.hub.fit import Candidate, QuantChoice, candidate, check_fit, choose_quant
 from gemma_local.hub.remote import HubClient, RemoteFile, RemoteRepo
 from gemma_local.hub.store import ModelStore
+from gemma_local.memory import MachineMemory
 
 __all__ = ["PlannedFile", "PullPlan", "plan_pull"]
 
 # Kept free after the download so the disk is never filled to the last byte.
 DISK_MARGIN = 256 * 2**20
-# Context reserve for hf.co models, whose size class the catalog does not know.
-_DEFAULT_RESERVE_GIB = 2.0
+# A size class in a repo or file name: 27b, 12b, 4b, 1b, 270m (not 14b's "4b").
+_SIZE_IN_NAME = re.compile(r"(?<![0-9.])(\d+(?:\.\d+)?[bm])(?![a-z0-9])")
 _QUANT_IN_NAME = re.compile(r"(?<![a-z0-9])(i?q\d(?:_[a-z0-9]+)*|bf16|f16|f32)(?=[-.])", re.IGNORECASE)
 
 
@@ -106,8 +107,8 @@ class PullPlan:
             else {
                 "quant": self.choice.quant,
                 "required_bytes": self.choice.required_bytes,
-                "available_bytes": self.choice.budget.available_bytes,
-                "memory_source": self.choice.budget.source,
+                "available_bytes": self.choice.machine.budget,
+                "memory_source": self.choice.machine.describe_budget(),
                 "reason": self.choice.reason,
             },
             "warning": self.warning,
@@ -118,7 +119,7 @@ def plan_pull(
     name: str,
     *,
     revision: str | None = None,
-    budget: MemoryBudget | None = None,
+    machine: MachineMemory | None = None,
     client: HubClient | None = None,
     store: ModelStore | None = None,
 ) -> PullPlan:
@@ -127,7 +128,7 @@ def plan_pull(
     Args:
         name: ``gemma-3-27b``, ``gemma-3-27b:q4_k_m`` or ``hf.co/ORG/REPO[:QUANT_OR_FILE]``.
         revision: commit sha (or branch/tag) to pin; default the repo's main branch.
-        budget: memory to plan for; default measured on this machine.
+        machine: the memory to plan for; default measured on this machine.
         client: Hub access; default ``HubClient()`` (``HF_ENDPOINT``, ``HF_TOKEN``).
         store: where the files will go; default ``ModelStore()``.
 
@@ -139,14 +140,14 @@ def plan_pull(
     store = store or ModelStore()
     request = parse_name(name)
     if isinstance(request, CatalogRequest):
-        return _plan_catalog(request, revision, budget, client, store)
-    return _plan_hub(request, revision, budget, client, store)
+        return _plan_catalog(request, revision, machine, client, store)
+    return _plan_hub(request, revision, machine, client, store)
 
 
 def _plan_catalog(
     request: CatalogRequest,
     revision: str | None,
-    budget: MemoryBudget | None,
+    machine: MachineMemory | None,
     client: HubClient,
     store: ModelStore,
 ) -> PullPlan:
@@ -162,7 +163,7 @@ def _plan_catalog(
                 catalog.names(),
                 hint=f"A revision belongs to one repo: name the quantization too, e.g. '{request.model}:qat'.",
             )
-        budget = budget or detect_memory()
+        machine = machine or MachineMemory.detect()
         candidates = []
         for quant in catalog.quants_best_first(request.model):
             source = model.quants[quant]
@@ -171,16 +172,14 @@ def _plan_catalog(
                 files = _catalog_files(repo, source, quant)
             except RemoteNotFoundError:
                 continue  # a third-party repo was removed or renamed: choose among the rest
-            candidates.append((quant, sum(repo.files[p].size for _, p in files)))
+            candidates.append(_candidate(quant, model, request.model, repo, files))
         if not candidates:
             raise RemoteNotFoundError(
                 f"None of the repos the catalog names for {request.model} answered; update gemma-local, "
                 "or pull a GGUF repo directly as hf.co/ORG/REPO:QUANT.",
                 repo_id=model.quants[catalog.quants_best_first(request.model)[0]].repo,
             )
-        choice = choose_quant(
-            candidates, context_reserve_gib=model.context_reserve_gib, budget=budget, model=request.model
-        )
+        choice = choose_quant(candidates, machine=machine, model=request.model)
         quant = choice.quant
         aliases = (request.model,)  # `gemma-3-27b` now means this quantization
     else:
@@ -189,12 +188,9 @@ def _plan_catalog(
     repo = client.repo(source.repo, revision)
     files = _catalog_files(repo, source, quant)
     if choice is None:
-        budget = budget or detect_memory()
+        name = f"{request.model}:{quant}"
         warning = check_fit(
-            f"{request.model}:{quant}",
-            sum(repo.files[p].size for _, p in files),
-            context_reserve_gib=model.context_reserve_gib,
-            budget=budget,
+            name, _candidate(quant, model, name, repo, files), machine=machine or MachineMemory.detect()
         )
     return _finish(
         name=f"{request.model}:{quant}",
@@ -207,6 +203,15 @@ def _plan_catalog(
         store=store,
         client=client,
     )
+
+
+def _candidate(
+    quant: str | None, model: CatalogModel, name: str, repo: RemoteRepo, files: list[tuple[str, str]]
+) -> Candidate:
+    """What the planner needs of one quantization: the model's shape at these files' sizes."""
+    weights = sum(repo.files[p].size for role, p in files if role == "model")
+    projector = sum(repo.files[p].size for role, p in files if role == "mmproj")
+    return candidate(quant or "", model.shape(name, weights), weights, projector)
 
 
 def _catalog_files(repo: RemoteRepo, source: QuantSource, quant: str) -> list[tuple[str, str]]:
@@ -236,7 +241,7 @@ def _catalog_files(repo: RemoteRepo, source: QuantSource, quant: str) -> list[tu
 def _plan_hub(
     request: HubRequest,
     revision: str | None,
-    budget: MemoryBudget | None,
+    machine: MachineMemory | None,
     client: HubClient,
     store: ModelStore,
 ) -> PullPlan:
@@ -278,11 +283,11 @@ def _plan_hub(
     if mmproj is not None:
         files.append(("mmproj", mmproj))
     quant = spec.lower() if spec and not spec.lower().endswith(".gguf") else _quant_from_filename(model.first)
+    shape_of = _architecture_from_name(f"{repo.repo_id}/{model.first}")
     warning = check_fit(
         request.name,
-        sum(repo.files[p].size for _, p in files),
-        context_reserve_gib=_DEFAULT_RESERVE_GIB,
-        budget=budget or detect_memory(),
+        _candidate(quant, shape_of, request.name, repo, files),
+        machine=machine or MachineMemory.detect(),
     )
     return _finish(
         name=request.name,
@@ -295,6 +300,20 @@ def _plan_hub(
         store=store,
         client=client,
     )
+
+
+def _architecture_from_name(text: str) -> CatalogModel:
+    """The catalog model whose size class the repo or file name carries (``…-27b-…`` → 27B).
+
+    Before a download only the name is known; without a size class in it, the shape with the most
+    KV cache per token (27B) is assumed, the conservative guess for a warning.
+    """
+    models = load_catalog().models
+    by_size = {name.rsplit("-", 1)[-1]: model for name, model in models.items()}
+    for token in _SIZE_IN_NAME.findall(text.lower()):
+        if token in by_size:
+            return by_size[token]
+    return max(models.values(), key=lambda m: m.architecture.layers * m.architecture.kv_heads * m.architecture.head_dim)
 
 
 def _quant_from_filename(path: str) -> str | None:
@@ -349,7 +368,7 @@ def _finish(
 
 def _free_bytes(folder: Path) -> int:
     # The store folder may not exist yet: ask the nearest existing ancestor (same filesystem).
-    for candidate in (folder, *folder.parents):
-        if candidate.exists():
-            return shutil.disk_usage(candidate).free
+    for ancestor in (folder, *folder.parents):
+        if ancestor.exists():
+            return shutil.disk_usage(ancestor).free
     return shutil.disk_usage(Path.cwd()).free

@@ -3,7 +3,7 @@
 Layout::
 
     types.py      Source, SearchProvider (the Protocol), ProviderAttempt, SearchOutcome
-    settings.py   SearchSettings (GEMMA_LOCAL_SEARCH_PROVIDERS, LINKUP_API_KEY, …)
+    locations.py  where the local index and the ZIM list live (SearchSettings: gemma_local.settings)
     registry.py   ProviderSpec, register_provider (built-ins and plugins alike)
     chain.py      ProviderChain (in order, per-provider timeout, first hit wins), default_chain
     hook.py       run_search, build_sources_prompt, format_footer, citation_spans (pure)
@@ -29,8 +29,8 @@ from gemma_local.search.hook import (
     sources_budget,
 )
 from gemma_local.search.registry import ProviderSpec, register_provider, registered_providers
-from gemma_local.search.settings import SearchSettings
 from gemma_local.search.types import ProviderAttempt, SearchOutcome, SearchProvider, Source
+from gemma_local.settings import SearchSettings
 
 __all__ = [
     "Citation",

@@ -31,9 +31,9 @@ from gemma_local.errors import (
     SearchProviderError,
 )
 from gemma_local.search.registry import provider_spec, registered_providers
-from gemma_local.search.settings import SearchSettings
 from gemma_local.search.text import collapse_spaces
 from gemma_local.search.types import ProviderAttempt, SearchOutcome, SearchProvider, Source
+from gemma_local.settings import SearchSettings
 
 log = logging.getLogger(__name__)
 

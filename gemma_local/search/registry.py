@@ -1,7 +1,7 @@
 """The provider registry: every provider, built-in or third-party, is a :class:`ProviderSpec`.
 
 A spec names a provider, says whether it needs the network, and holds a factory that builds
-it from :class:`~gemma_local.search.settings.SearchSettings` (raising
+it from :class:`~gemma_local.settings.SearchSettings` (raising
 ``ProviderNotConfiguredError`` when the settings lack its key or URL). The built-ins register
 themselves in ``gemma_local.search.providers`` with :func:`register_provider`; a third-party
 package does the same at import, or exposes a spec through the entry point group
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 
-from gemma_local.search.settings import SearchSettings
 from gemma_local.search.types import SearchProvider
+from gemma_local.settings import SearchSettings
 
 ENTRY_POINT_GROUP = "gemma_local.search_providers"
 log = logging.getLogger(__name__)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from gemma_local.errors import ProviderNotConfiguredError
 from gemma_local.search.registry import ProviderSpec, register_provider
-from gemma_local.search.settings import SearchSettings
 from gemma_local.search.types import SearchProvider
+from gemma_local.settings import SearchSettings
 
 
 def _linkup(settings: SearchSettings) -> SearchProvider:
@@ -37,15 +37,17 @@ def _searxng(settings: SearchSettings) -> SearchProvider:
 
 
 def _local(settings: SearchSettings) -> SearchProvider:
+    from gemma_local.search.locations import index_path
     from gemma_local.search.providers.local_index import LocalIndex, LocalIndexProvider
 
-    return LocalIndexProvider(LocalIndex(settings.index_path()))
+    return LocalIndexProvider(LocalIndex(index_path(settings)))
 
 
 def _zim(settings: SearchSettings) -> SearchProvider:
+    from gemma_local.search.locations import zim_registry_path
     from gemma_local.search.providers.zim import ZimLibrary, ZimProvider
 
-    return ZimProvider(ZimLibrary(settings.zim_registry_path()))
+    return ZimProvider(ZimLibrary(zim_registry_path(settings)))
 
 
 BUILTIN_PROVIDERS = (

@@ -1,9 +1,10 @@
 """Memory planner: what a model, a context and a slot count will cost, and defaults that fit.
 
 Everything is computed from the GGUF header (layers, KV heads, head sizes, sliding window)
-and the machine (RAM; VRAM where a GPU backend exists), following how llama.cpp allocates:
+and the machine (:mod:`gemma_local.memory.machine`: what it has and how much a plan may use),
+following how llama.cpp allocates:
 
-- weights: the file, memory-mapped;
+- weights: the file, memory-mapped; plus the vision projector when one is loaded with it;
 - KV cache, per sequence slot (one KV stream per slot): global-attention layers hold
   ``pad256(ctx)`` cells; with interleaved SWA (``swa_full=False``) the sliding-window layers
   hold only ``pad256(min(ctx, n_swa + n_ubatch))`` cells, otherwise ``pad256(ctx)`` like the rest;
@@ -12,29 +13,30 @@ and the machine (RAM; VRAM where a GPU backend exists), following how llama.cpp 
   (and, without flash attention, the f32 attention scores of one layer);
 - output buffer: one row of logits per slot (the engine never asks for more).
 
-The estimate is checked against what llama.cpp reports allocating, in tests/test_planner.py.
+``serve`` (through :func:`plan`) and ``pull`` (through :func:`minimum_plan`, choosing a
+quantization before the download) use this one estimate, so what ``pull`` chose ``serve`` can
+plan. The estimate is checked against what llama.cpp reports allocating, in tests/test_planner.py.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from gemma_local.gguf import ArrayInfo, read_gguf_metadata
+from gemma_local.memory.machine import GIB, MachineMemory
 
-MIB = 1024 * 1024
-GIB = 1024 * MIB
+__all__ = ["MIN_USEFUL_CTX", "MemoryEstimate", "ModelShape", "Plan", "estimate", "minimum_plan", "plan"]
+
 KV_TYPE_BYTES = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 # Gemma 3: five sliding-window layers, then one global layer (llama.cpp "swa pattern 6").
 GEMMA3_SWA_PATTERN = 6
-HEADROOM = 0.85  # never plan to use more than this share of the memory that is free
 DEFAULT_TARGET_CTX = 32768
 CTX_CANDIDATES = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
+#: The context one slot must hold for a model to count as fitting a machine (``pull``'s test):
+#: room for a real conversation; ``serve`` plans more slots and context where memory allows.
+MIN_USEFUL_CTX = 8192
 
 
 def pad256(n: int) -> int:
@@ -122,6 +124,7 @@ class MemoryEstimate:
     kv_swa: int
     compute: int
     output: int
+    projector: int = 0
 
     @property
     def kv(self) -> int:
@@ -129,7 +132,7 @@ class MemoryEstimate:
 
     @property
     def total(self) -> int:
-        return self.weights + self.kv + self.compute + self.output
+        return self.weights + self.projector + self.kv + self.compute + self.output
 
 
 def estimate(
@@ -141,8 +144,9 @@ def estimate(
     swa_full: bool = False,
     flash_attn: bool = True,
     n_ubatch: int = 512,
+    projector_bytes: int = 0,
 ) -> MemoryEstimate:
-    """Memory for ``parallel`` slots of ``ctx`` tokens each."""
+    """Memory for ``parallel`` slots of ``ctx`` tokens each (plus a vision projector's weights)."""
     n_ctx = pad256(ctx)
     per_cell_layer = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES[kv_type]
     swa_cells = pad256(min(n_ctx, shape.n_swa + n_ubatch))
@@ -172,48 +176,8 @@ def estimate(
         kv_swa=kv_swa,
         compute=activations + mask + scores + shape.n_vocab * 4,
         output=output,
+        projector=projector_bytes,
     )
-
-
-@dataclass(frozen=True)
-class MachineMemory:
-    total_ram: int
-    available_ram: int
-    gpu_backend: bool
-    vram_total: int | None = None
-    vram_free: int | None = None
-
-    @classmethod
-    def detect(cls) -> MachineMemory:
-        vm = psutil.virtual_memory()
-        gpu = _gpu_offload_supported()
-        total, free = _nvidia_vram() if gpu else (None, None)
-        return cls(total_ram=vm.total, available_ram=vm.available, gpu_backend=gpu, vram_total=total, vram_free=free)
-
-
-def _gpu_offload_supported() -> bool:
-    try:
-        import llama_cpp
-
-        return bool(llama_cpp.llama_supports_gpu_offload())
-    except Exception:  # planning must work without a loadable llama.cpp (e.g. `info` on a bare box)
-        return False
-
-
-def _nvidia_vram() -> tuple[int | None, int | None]:
-    if not shutil.which("nvidia-smi"):
-        return None, None
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=memory.total,memory.free", "--format=csv,noheader,nounits"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-        ).stdout.split("\n")[0]
-        total, free = (int(x.strip()) * MIB for x in out.split(","))
-        return total, free
-    except (OSError, ValueError, subprocess.SubprocessError):
-        return None, None
 
 
 @dataclass(frozen=True)
@@ -246,57 +210,61 @@ def plan(
     swa_full: bool = False,
     flash_attn: bool = True,
     n_ubatch: int = 512,
+    projector_bytes: int = 0,
 ) -> Plan:
-    """Choose context, slots, KV type and GPU layers that fit, keeping anything the user fixed."""
+    """Choose context, slots, KV type and GPU layers that fit, keeping anything the user fixed.
+
+    Args:
+        shape: the model (:meth:`ModelShape.from_gguf`).
+        machine: what the machine has; a plan uses at most ``machine.budget``.
+        ctx, parallel, kv_type: the user's choices (``None``: choose).
+        swa_full, flash_attn, n_ubatch: how the context will be created.
+        projector_bytes: the vision projector loaded beside the model (0 without).
+
+    Returns:
+        The most slots (4, 2, 1), then the largest context, then f16 before q8_0 that fit;
+        ``fits=False`` (with the smallest configuration) when nothing does.
+    """
     reasons: list[str] = []
-    budget = int(machine.available_ram * HEADROOM)
+    budget = machine.budget
+    vram = machine.vram_budget
     kv_types = [kv_type] if kv_type else (["f16", "q8_0"] if flash_attn else ["f16"])
     parallels = [parallel] if parallel else [4, 2, 1]
     target = min(shape.n_ctx_train, DEFAULT_TARGET_CTX)
     ctxs = [ctx] if ctx else [c for c in CTX_CANDIDATES if c <= target] or [min(shape.n_ctx_train, 2048)]
 
-    vram = (machine.vram_free or machine.vram_total) if machine.gpu_backend else None
-
-    def fits(e: MemoryEstimate) -> bool:
-        if vram is not None:
-            # The KV cache and compute buffers of offloaded layers live on the GPU: keep them
-            # to half of it so the other half can hold weights.
-            return e.kv + e.compute <= vram * 0.5 and e.total <= budget + vram * 0.9
-        return e.total <= budget
-
-    chosen: MemoryEstimate | None = None
-    for p in parallels:
-        for c in ctxs:
-            for kt in kv_types:
-                e = estimate(
-                    shape, ctx=c, parallel=p, kv_type=kt, swa_full=swa_full, flash_attn=flash_attn, n_ubatch=n_ubatch
-                )
-                if fits(e):
-                    chosen = e
-                    break
-            if chosen:
-                break
-        if chosen:
-            break
-    ok = chosen is not None
-    if chosen is None:
-        chosen = estimate(
+    def cost(p: int, c: int, kt: str) -> MemoryEstimate:
+        return estimate(
             shape,
-            ctx=ctxs[-1],
-            parallel=parallels[-1],
-            kv_type=kv_types[-1],
+            ctx=c,
+            parallel=p,
+            kv_type=kt,
             swa_full=swa_full,
             flash_attn=flash_attn,
             n_ubatch=n_ubatch,
+            projector_bytes=projector_bytes,
         )
+
+    def fits(e: MemoryEstimate) -> bool:
+        if vram is not None and e.kv + e.compute > vram / 2:
+            # The KV cache and compute buffers of offloaded layers live on the GPU: keep them
+            # to half of what the GPUs may hold so the other half can hold weights.
+            return False
+        return e.total <= budget
+
+    candidates = (cost(p, c, kt) for p in parallels for c in ctxs for kt in kv_types)
+    chosen = next((e for e in candidates if fits(e)), None)
+    ok = chosen is not None
+    if chosen is None:
+        chosen = cost(parallels[-1], ctxs[-1], kv_types[-1])
         reasons.append(
             f"Even {chosen.ctx} tokens × {chosen.parallel} slot(s) needs {chosen.total / GIB:.1f} GiB but only "
-            f"{budget / GIB:.1f} GiB is free to use: pick a smaller quantization or context."
+            f"{budget / GIB:.1f} GiB is usable ({machine.describe_budget()}): pick a smaller quantization or context."
         )
     else:
         reasons.append(
             f"{chosen.parallel} slot(s) × {chosen.ctx} tokens with a {chosen.kv_type} KV cache need "
-            f"{chosen.total / GIB:.2f} GiB of the {budget / GIB:.1f} GiB usable ({HEADROOM:.0%} of free RAM)."
+            f"{chosen.total / GIB:.2f} GiB of the {budget / GIB:.1f} GiB usable ({machine.describe_budget()})."
         )
         if not ctx and chosen.ctx < target:
             reasons.append(f"Context reduced from {target} to {chosen.ctx} tokens to fit.")
@@ -304,13 +272,18 @@ def plan(
             reasons.append("KV cache quantized to q8_0 to fit.")
     gpu_layers = 0
     if machine.gpu_backend:
-        if vram is None:  # Metal: unified memory, offload everything
+        if vram is None:
+            # Metal's unified memory (or a GPU whose memory nvidia-smi cannot tell): offload
+            # everything, as llama.cpp itself would.
             gpu_layers = shape.n_layer + 1
         else:
-            usable = vram * 0.9 - chosen.kv - chosen.compute
+            usable = vram - chosen.kv - chosen.compute - chosen.projector
             per_layer = shape.weights_bytes / (shape.n_layer + 1)
             gpu_layers = max(0, min(shape.n_layer + 1, int(usable // per_layer)))
-            reasons.append(f"{gpu_layers} of {shape.n_layer + 1} layers fit in {vram / GIB:.1f} GiB of VRAM.")
+            reasons.append(
+                f"{gpu_layers} of {shape.n_layer + 1} layers fit in {vram / GIB:.1f} GiB of VRAM "
+                f"({len(machine.gpus)} GPU{'s' if len(machine.gpus) > 1 else ''})."
+            )
     return Plan(
         ctx=chosen.ctx,
         parallel=chosen.parallel,
@@ -323,21 +296,10 @@ def plan(
     )
 
 
-# Published shapes of the Gemma 3 family, for `gemma-local info` to show what a model you
-# have not downloaded yet would cost (weights of the QAT Q4_0 files; gemma3.md).
-GEMMA3_27B = ModelShape(
-    name="Gemma 3 27B (QAT Q4_0)",
-    architecture="gemma3",
-    weights_bytes=15_908_791_488,
-    n_layer=62,
-    n_embd=5376,
-    n_ff=21504,
-    n_head=32,
-    n_head_kv=16,
-    head_dim_k=128,
-    head_dim_v=128,
-    n_swa=1024,
-    swa_pattern=6,
-    n_ctx_train=131072,
-    n_vocab=262208,
-)
+def minimum_plan(shape: ModelShape, machine: MachineMemory, *, projector_bytes: int = 0) -> Plan:
+    """The least worth serving: one slot of :data:`MIN_USEFUL_CTX` tokens (or the trained context).
+
+    ``pull`` takes a quantization only when this plan fits; :func:`plan`, which ``serve`` runs
+    with the same shape and machine, then fits too (it tries this configuration among others).
+    """
+    return plan(shape, machine, ctx=min(MIN_USEFUL_CTX, shape.n_ctx_train), parallel=1, projector_bytes=projector_bytes)
