@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors, open_engine
+from gemma_local.cli_support import (
+    CliError,
+    echo_base_model_notice,
+    engine_options,
+    engine_settings,
+    friendly_errors,
+    open_engine,
+)
 from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.errors import GemmaLocalError
 
@@ -125,6 +132,8 @@ def generate(
         stop=tuple(stop),
     )
     with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
+        if not as_json:  # stderr, and never under --json: scripts parse nothing but the JSON
+            echo_base_model_notice(engine_flags.get("model"))
         grounding = None
         if chain is not None:
             from gemma_local.grounding import ground
@@ -209,6 +218,7 @@ def chat(
     sampling = _sampling(temperature, top_p, top_k, seed)
     chain = _search_chain(search, engine_flags)
     with open_engine(engine_settings(**engine_flags), default_parallel=1) as engine:
+        echo_base_model_notice(engine_flags.get("model"))
         click.echo(
             f"Chatting with {engine.model_id}. /image PATH attaches an image, /reset clears the history, /exit quits.",
             err=True,

@@ -5,12 +5,15 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from gemma_local.errors import GemmaLocalError, ModelLoadError
 from gemma_local.settings import EngineSettings
+
+if TYPE_CHECKING:
+    from gemma_local.hub.resolve import ResolvedModel
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -171,3 +174,22 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         model_id=resolved.id,
         mmproj_path=settings.mmproj or resolved.mmproj,
     )
+
+
+def echo_base_model_notice(model: ResolvedModel | str | None) -> None:
+    """Say on stderr when the model to load is pre-trained, and which ``pull`` gives an assistant.
+
+    Args:
+        model: a ``ResolvedModel``, or what ``--model`` holds (``None``: the embedded default).
+            A name that does not resolve prints nothing: loading it reports the error.
+    """
+    from gemma_local.hub.advice import base_model_notice
+    from gemma_local.hub.resolve import ResolvedModel, resolve_model
+
+    try:
+        resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+        line = base_model_notice(resolved)
+    except GemmaLocalError:
+        return
+    if line is not None:
+        click.echo(line, err=True)

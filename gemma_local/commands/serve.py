@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors
+from gemma_local.cli_support import CliError, echo_base_model_notice, engine_options, engine_settings, friendly_errors
 from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.settings import ServerSettings
 
@@ -133,6 +133,7 @@ def serve(
         engine_flags["model"] = best_local_model()
     eng_settings = engine_settings(**engine_flags)
     resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
+    echo_base_model_notice(resolved)
     if not is_loopback(settings.host) and not settings.api_key:
         click.secho(
             f"WARNING: serving on {settings.host}, reachable from other machines, with NO API key: anyone who can "
