@@ -24,6 +24,7 @@ from gemma_local.errors import GemmaLocalError, ModelLoadError
 from gemma_local.settings import AppSettings, EngineSettings, env_var
 
 if TYPE_CHECKING:  # the planner is imported when a command needs it, not at CLI start-up
+    from gemma_local.hub.resolve import ResolvedModel
     from gemma_local.memory import MachineMemory, Plan
 
 S = TypeVar("S", bound=BaseSettings)
@@ -293,3 +294,22 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         model_id=resolved.id,
         mmproj_path=mmproj,
     )
+
+
+def echo_base_model_notice(model: ResolvedModel | str | None) -> None:
+    """Say on stderr when the model to load is pre-trained, and which ``pull`` gives an assistant.
+
+    Args:
+        model: a ``ResolvedModel``, or what ``--model`` holds (``None``: the embedded default).
+            A name that does not resolve prints nothing: loading it reports the error.
+    """
+    from gemma_local.hub.advice import base_model_notice
+    from gemma_local.hub.resolve import ResolvedModel, resolve_model
+
+    try:
+        resolved = model if isinstance(model, ResolvedModel) else resolve_model(model)
+        line = base_model_notice(resolved)
+    except GemmaLocalError:
+        return
+    if line is not None:
+        click.echo(line, err=True)

@@ -115,6 +115,7 @@ def test_pull_json_then_models_list_json(fake_hub: FakeHub, env: dict[str, str])
             "source": "store",
             "default": False,
             "vision": True,
+            "instruction_tuned": True,  # the test GGUF carries a chat template
             "mmproj_path": model["mmproj_path"],
             "repo": REPO,
             "revision": fake_hub.repos[REPO.lower()].head,

@@ -321,8 +321,13 @@ def test_serve_command_end_to_end(isolated_home) -> None:
         assert health.json()["model"] == "gemma-3-270m-embedded"
         client = openai.OpenAI(base_url=match.group(1), api_key="x", _strict_response_validation=True, max_retries=0)
         assert client.chat.completions.create(model=MODEL, messages=HI, max_tokens=1).usage.completion_tokens == 1
+        models = httpx.get(f"http://127.0.0.1:{match.group(2)}/v1/models", timeout=10).text
     finally:
         proc.terminate()
-        _, stderr = proc.communicate(timeout=30)
+        stdout, stderr = proc.communicate(timeout=30)
     assert "WARNING" in stderr and "NO API key" in stderr
+    # The embedded model is named pre-trained once, on stderr, and never in what clients read.
+    notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and notes[0].startswith("note: gemma-3-270m-embedded is Gemma 3 270M pre-trained")
+    assert "note:" not in stdout + openai_line + anthropic_line + models
     assert "POST /v1/chat/completions status=200" in stderr

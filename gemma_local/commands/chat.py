@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, open_engine
+from gemma_local.cli_support import (
+    echo_base_model_notice,
+    engine_options,
+    engine_settings,
+    friendly_errors,
+    open_engine,
+)
 from gemma_local.commands.prompting import RequestOptions, call_line, open_pipeline, request_options, run
 from gemma_local.errors import GemmaLocalError
 
@@ -30,6 +36,7 @@ def chat(system: str | None, **flags: Any) -> None:
     history: list[ChatMessage] = []
     pending_images: list[ImagePart] = []
     with open_engine(engine_settings(**flags), default_parallel=1) as engine:
+        echo_base_model_notice(flags.get("model"))
         pipeline = open_pipeline(engine, options)
         click.echo(
             f"Chatting with {engine.model_id}. /image PATH attaches an image, /reset clears the history, /exit quits.",

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import CliError, engine_options, engine_settings, friendly_errors, open_engine
+from gemma_local.cli_support import (
+    CliError,
+    echo_base_model_notice,
+    engine_options,
+    engine_settings,
+    friendly_errors,
+    open_engine,
+)
 from gemma_local.commands.prompting import RequestOptions, call_line, open_pipeline, request_options, run
 
 
@@ -24,9 +31,7 @@ from gemma_local.commands.prompting import RequestOptions, call_line, open_pipel
     help="An image to ask about (repeatable).",
 )
 @request_options
-@click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object with the text, calls, usage and timings."
-)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the text, calls, usage and timings.")
 @engine_options
 @friendly_errors
 def generate(prompt: str, system: str | None, images: tuple[str, ...], as_json: bool, **flags: Any) -> None:
@@ -46,6 +51,8 @@ def generate(prompt: str, system: str | None, images: tuple[str, ...], as_json: 
     parts = (*(image_from_path(p) for p in images), TextPart(prompt))
     messages = ([ChatMessage.text("system", system)] if system else []) + [ChatMessage("user", parts)]
     with open_engine(engine_settings(**flags), default_parallel=1) as engine:
+        if not as_json:  # stderr, and never under --json: scripts parse nothing but the JSON
+            echo_base_model_notice(flags.get("model"))
         pipeline = open_pipeline(engine, options)
         request = options.request(tuple(messages), engine.model_id)
         try:

@@ -86,8 +86,13 @@ def index_list(as_json: bool) -> None:
             "index": str(local.path),
             "documents": sum(r.documents for r in roots),
             "roots": [
-                {"path": r.path, "documents": r.documents, "passages": r.passages,
-                 "scanned_at": r.scanned_at, "exists": r.exists}
+                {
+                    "path": r.path,
+                    "documents": r.documents,
+                    "passages": r.passages,
+                    "scanned_at": r.scanned_at,
+                    "exists": r.exists,
+                }
                 for r in roots
             ],
             "zim": [a.as_dict() for a in archives],
@@ -134,7 +139,10 @@ def index_rm(paths: tuple[Path, ...]) -> None:
 @click.argument("query")
 @click.option("-n", "--limit", type=click.IntRange(1, 20), default=5, show_default=True, help="Most results.")
 @click.option(
-    "-p", "--provider", "providers", multiple=True,
+    "-p",
+    "--provider",
+    "providers",
+    multiple=True,
     help="Provider to ask, in order (repeatable; default: local, then zim).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
@@ -154,8 +162,14 @@ def index_search(query: str, limit: int, providers: tuple[str, ...], as_json: bo
             "query": outcome.query,
             "provider": outcome.provider,
             "sources": [
-                {"title": s.title, "url": s.url, "location": s.location, "snippet": s.snippet,
-                 "provider": s.provider, "score": s.score}
+                {
+                    "title": s.title,
+                    "url": s.url,
+                    "location": s.location,
+                    "snippet": s.snippet,
+                    "provider": s.provider,
+                    "score": s.score,
+                }
                 for s in outcome.sources
             ],
             "note": outcome.note,

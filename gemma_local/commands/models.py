@@ -15,7 +15,7 @@ from gemma_local.cli_support import CliError, friendly_errors
 @click.pass_context
 @friendly_errors
 def models(ctx: click.Context, as_json: bool) -> None:
-    """Local models (the embedded default is marked). Subcommands manage the store."""
+    """Local models (the default and pre-trained ones are marked). Subcommands manage the store."""
     if ctx.invoked_subcommand is None:
         ctx.invoke(models_list, as_json=as_json)
 
@@ -39,7 +39,10 @@ def models_list(as_json: bool) -> None:
         return
     width = max(len(r.name) for r in rows)
     for r in rows:
-        mark = " (default)" if r.default else ""
+        notes = ["default"] if r.default else []
+        if r.instruction_tuned is False:
+            notes.append("pre-trained")  # not an assistant: see `gemma-local pull`
+        mark = f" ({', '.join(notes)})" if notes else ""
         size = f"{r.size_bytes / 1e6:,.0f} MB" if r.size_bytes else "not assembled yet"
         click.echo(f"{r.name:<{width}}  {size:>12}  {r.source}{mark}")
 

@@ -128,9 +128,7 @@ class RequestOptions:
             stop=tuple(flags.pop("stop")),
             n=flags.pop("n"),
             output_format=(
-                OutputFormat(
-                    type="json_schema", schema=load_json_schema(schema_value), param="--json-schema"
-                )
+                OutputFormat(type="json_schema", schema=load_json_schema(schema_value), param="--json-schema")
                 if schema_value
                 else None
             ),

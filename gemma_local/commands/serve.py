@@ -14,7 +14,14 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import CliError, engine_options, friendly_errors, setting_option, settings_from_flags
+from gemma_local.cli_support import (
+    CliError,
+    echo_base_model_notice,
+    engine_options,
+    friendly_errors,
+    setting_option,
+    settings_from_flags,
+)
 from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.settings import EngineSettings, SearchSettings, ServerSettings
 
@@ -104,6 +111,7 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
 
     search_chain = default_chain(search)
     resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
+    echo_base_model_notice(resolved)
     if not is_loopback(settings.host) and not settings.api_key:
         click.secho(
             f"WARNING: serving on {settings.host}, reachable from other machines, with NO API key: anyone who can "

@@ -28,6 +28,7 @@ __all__ = [
     "Catalog",
     "CatalogModel",
     "CatalogRequest",
+    "EmbeddedEntry",
     "HubRequest",
     "QuantSource",
     "load_catalog",
@@ -77,7 +78,13 @@ class CatalogModel(_Strict):
     """One Gemma 3 size and the quantizations published for it."""
 
     description: str
+    instruction_tuned: bool = Field(
+        True, description="An assistant (chat-tuned) build; only these are offered as the next model to pull."
+    )
     vision: bool
+    mmproj_approx_bytes: int | None = Field(
+        None, gt=0, description="Vision projector size, for display and the offline pull advice only."
+    )
     context_length: int = Field(gt=0)
     architecture: Architecture
     quants: dict[str, QuantSource]
@@ -106,6 +113,15 @@ class CatalogModel(_Strict):
         )
 
 
+class EmbeddedEntry(_Strict):
+    """What the embedded default model is, known without assembling its file."""
+
+    name: str
+    description: str = Field(description="What it is, e.g. 'Gemma 3 270M pre-trained'.")
+    instruction_tuned: bool
+    purpose: str = Field(description="What it is for, completing a sentence about it.")
+
+
 class Catalog(_Strict):
     """The whole ``catalog.json``."""
 
@@ -114,6 +130,7 @@ class Catalog(_Strict):
     quality_order: list[str] = Field(description="Best quality first; the automatic choice walks it.")
     quant_aliases: dict[str, str]
     quant_labels: dict[str, str]
+    embedded: EmbeddedEntry
     models: dict[str, CatalogModel]
 
     def quant_tag(self, raw: str) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from gemma_local.hub import embedded
+from gemma_local.hub import embedded, tuning
 from gemma_local.paths import cache_dir
 
 
@@ -16,6 +16,9 @@ class LocalModel:
     source: str  # "embedded" or "store"
     default: bool
     vision: bool = False
+    # True for an assistant, False for a pre-trained model, None when the file cannot be read
+    # (the rule: gemma_local.hub.tuning).
+    instruction_tuned: bool | None = None
     # Store entries only: where the files came from and when.
     mmproj_path: str | None = None
     repo: str | None = None
@@ -41,6 +44,7 @@ def local_models() -> list[LocalModel]:
                 size_bytes=embedded.EMBEDDED_SIZE,
                 source="embedded",
                 default=True,
+                instruction_tuned=tuning.embedded_instruction_tuned(),
             )
         )
     try:
@@ -56,6 +60,7 @@ def local_models() -> list[LocalModel]:
                 source="store",
                 default=False,
                 vision=entry.mmproj_path is not None,
+                instruction_tuned=tuning.file_instruction_tuned(entry.path),
                 mmproj_path=str(entry.mmproj_path) if entry.mmproj_path else None,
                 repo=entry.repo,
                 revision=entry.revision,
