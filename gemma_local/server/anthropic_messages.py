@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
 from gemma_local.engine.types import ImageRef, MessagePart
@@ -62,9 +62,9 @@ from gemma_local.server.anthropic_messages_schemas import (
     ToolUseBlock,
     ToolUseBlockParam,
 )
-from gemma_local.server.auth import require_api_key
+from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
-from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import get_pipeline
 from gemma_local.server.sse import sse_event
@@ -74,20 +74,18 @@ ENDPOINT = "/v1/messages"
 KEEPALIVE_S = 10.0
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Anthropic"])
+router = protected_router("Anthropic")
 
 
 @router.post(
     ENDPOINT,
     response_model=Message,
     summary="Create a message",
-    responses={
-        200: {
-            "description": "A message; with `stream: true`, server-sent events instead (`event: <type>` + `data:`), "
-            "from `message_start` to `message_stop`.",
-            "content": {"text/event-stream": {"schema": sse_event_schema(*STREAM_EVENTS, style="anthropic")}},
-        },
-    },
+    responses=streamed_or_whole(
+        "A message; with `stream: true`, server-sent events instead (`event: <type>` + `data:`), "
+        "from `message_start` to `message_stop`.",
+        sse_event_schema(*STREAM_EVENTS, style="anthropic"),
+    ),
 )
 async def create_message(body: MessagesRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)) -> Any:
     """Generate the next assistant message of a conversation, whole or streamed."""
@@ -203,8 +201,7 @@ def to_pipeline_request(body: CountTokensRequest | MessagesRequest) -> PipelineR
         request_id=new_id("msg_"),
         model=body.model,
         generation=generation,
-        web_search=bool(getattr(body, "web_search_linkup", False)),
-        disable_formatting=bool(getattr(body, "disable_formatting", False)),
+        **(body.search_hook() if isinstance(body, MessagesRequest) else {}),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         stop_param="stop_sequences",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import Depends
 from pydantic import BaseModel, Field
 
 from gemma_local.hub.tuning import is_instruction_tuned
 from gemma_local.pipeline import Pipeline
-from gemma_local.server.auth import require_api_key
+from gemma_local.server.auth import protected_router
 from gemma_local.server.runtime import get_pipeline
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+router = protected_router("OpenAI")
 
 
 class Model(BaseModel):

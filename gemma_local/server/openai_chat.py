@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
 from gemma_local.engine.types import ImageRef, MessagePart
@@ -31,7 +31,7 @@ from gemma_local.pipeline.conversation import (
     replayed_call,
     split_stop,
 )
-from gemma_local.server.auth import require_api_key
+from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
 from gemma_local.server.openai_chat_schemas import (
     AssistantMessage,
@@ -57,27 +57,25 @@ from gemma_local.server.openai_chat_schemas import (
     ToolCall,
     TopLogprob,
 )
-from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import get_pipeline
 from gemma_local.server.sse import sse_data
 
 ENDPOINT = "/v1/chat/completions"
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+router = protected_router("OpenAI")
 
 
 @router.post(
     ENDPOINT,
     response_model=ChatCompletion,
     summary="Create a chat completion",
-    responses={
-        200: {
-            "description": "A chat.completion object; with `stream: true`, server-sent events instead: "
-            "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
-            "content": {"text/event-stream": {"schema": sse_event_schema(ChatCompletionChunk, done="[DONE]")}},
-        }
-    },
+    responses=streamed_or_whole(
+        "A chat.completion object; with `stream: true`, server-sent events instead: "
+        "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
+        sse_event_schema(ChatCompletionChunk, done="[DONE]"),
+    ),
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)
@@ -164,8 +162,7 @@ def to_pipeline_request(body: ChatCompletionRequest) -> PipelineRequest:
         model=body.model,
         generation=generation,
         n=body.n or 1,
-        web_search=bool(body.web_search_linkup),
-        disable_formatting=bool(body.disable_formatting),
+        **body.search_hook(),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         parallel_tool_calls=body.parallel_tool_calls is not False,
