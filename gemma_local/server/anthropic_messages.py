@@ -20,6 +20,7 @@ from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceEnd,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     GenerationOutcome,
     OutputFormat,
@@ -366,6 +367,10 @@ async def _message_events(generation: Generation) -> AsyncIterator[bytes]:
                 chunks = blocks.text(event.text) if event.text else []
             elif isinstance(event, ChoiceToolCall):
                 chunks = blocks.tool_use(event.call)
+            elif isinstance(event, ChoiceTruncatedCall):
+                # A tool_use input must be a whole object: a call cut by max_tokens has no place
+                # here, so it is dropped (stop_reason says max_tokens), never sent as text.
+                chunks = []
             else:
                 chunks = blocks.end(event)
             for chunk in chunks:

@@ -15,6 +15,7 @@ from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceResult,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     GenerationOutcome,
     OutputFormat,
@@ -22,6 +23,7 @@ from gemma_local.pipeline import (
     PipelineRequest,
     ToolChoice,
     ToolSpec,
+    TruncatedCall,
 )
 from gemma_local.pipeline.conversation import (
     assistant_message,
@@ -196,16 +198,19 @@ def _usage(usage: Usage) -> CompletionUsage:
     )
 
 
-def _tool_call(call: EngineToolCall) -> ToolCall:
+def _tool_call(call: EngineToolCall | TruncatedCall) -> ToolCall:
     return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments_json))
 
 
 def _assistant_message(choice: ChoiceResult) -> AssistantMessage:
-    if not choice.tool_calls:
+    # A call cut by the token limit is one more call, its arguments as far as they got
+    # (finish_reason "length" says it is cut), as OpenAI reports it: never text.
+    calls = [*choice.tool_calls, *([choice.truncated_call] if choice.truncated_call else [])]
+    if not calls:
         return AssistantMessage(content=choice.text)
     # Only calls: content is null (the SDK's helpers tell a call-only answer by it).
     content = choice.text if choice.text.strip() else None
-    return AssistantMessage(content=content, tool_calls=[_tool_call(c) for c in choice.tool_calls])
+    return AssistantMessage(content=content, tool_calls=[_tool_call(c) for c in calls])
 
 
 def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCompletion:
@@ -274,7 +279,7 @@ async def _chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncI
                     )
                 ]
             )
-        elif isinstance(event, ChoiceToolCall):
+        elif isinstance(event, ChoiceToolCall | ChoiceTruncatedCall):
             # Id and name first, then the arguments, as OpenAI streams them.
             k = calls_made[event.index]
             calls_made[event.index] += 1

@@ -264,7 +264,8 @@ def stored_input_items(value: str | list[Any]) -> list[StoredItem]:
                     call_id=item.call_id,
                     name=item.name,
                     arguments=item.arguments,
-                    status="completed",
+                    # Only a call cut by the token limit keeps its status: it is not replayed.
+                    status="incomplete" if item.status == "incomplete" else "completed",
                 )
             )
         elif isinstance(item, FunctionCallOutputItemParam):
@@ -290,7 +291,8 @@ def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]
     calls: list[ToolCall] = []
     for item, param in zip(items, params, strict=True):
         if isinstance(item, FunctionCall):
-            calls.append(replayed_call(item.call_id, item.name, item.arguments, param=f"{param}.arguments"))
+            if item.status != "incomplete":  # a call cut by the token limit was never made
+                calls.append(replayed_call(item.call_id, item.name, item.arguments, param=f"{param}.arguments"))
             continue
         if calls:
             messages.append(assistant_message((), calls))
