@@ -12,6 +12,7 @@ from gemma_local.pipeline.generation import (
     ChoiceEnd,
     ChoiceEvent,
     ChoiceResult,
+    ChoiceSearch,
     ChoiceToolCall,
     ChoiceTruncatedCall,
     Generation,
@@ -22,6 +23,7 @@ from gemma_local.pipeline.generation import (
     combine_usage,
 )
 from gemma_local.pipeline.grounding import Grounding
+from gemma_local.pipeline.hosted_search import HostedSearch, SearchResult
 from gemma_local.pipeline.pipeline import EngineLike, Pipeline
 from gemma_local.pipeline.request import (
     DEFAULT_MAX_TOKENS,
@@ -40,6 +42,7 @@ __all__ = [
     "ChoiceEnd",
     "ChoiceEvent",
     "ChoiceResult",
+    "ChoiceSearch",
     "ChoiceToolCall",
     "ChoiceTruncatedCall",
     "EngineLike",
@@ -48,6 +51,7 @@ __all__ = [
     "GenerationOutcome",
     "GenerationSummary",
     "Grounding",
+    "HostedSearch",
     "ImageRef",
     "NamedToolChoice",
     "OutputFormat",
@@ -55,6 +59,7 @@ __all__ = [
     "PipelineFinishReason",
     "PipelineRequest",
     "RequestLimits",
+    "SearchResult",
     "ToolCall",
     "ToolChoice",
     "ToolSpec",
