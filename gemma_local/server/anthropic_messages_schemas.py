@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -184,7 +185,7 @@ class _MessagesBase(_Request):
         json_schema_extra=forced_choice_needs_tools({"properties": {"type": {"enum": ["any", "tool"]}}})
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     messages: list[MessageParam] = Field(min_length=1)
     system: SystemContent | None = Field(None, description="Instructions, as text or text blocks.")
     tools: list[ToolParam] | None = None
@@ -201,7 +202,7 @@ class _MessagesBase(_Request):
         return self
 
 
-class MessagesRequest(SamplingFields, _MessagesBase):
+class MessagesRequest(SamplingFields, ServingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
     max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
