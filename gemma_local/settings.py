@@ -68,8 +68,8 @@ class EngineSettings(_Settings):
 
     model: str | None = Field(
         None,
-        description="Model name in the store, or a GGUF path (default: serve takes the largest stored model, "
-        "other commands the embedded Gemma 3 270M).",
+        description="Model name in the store, or a GGUF path (default: serve offers every stored model and the "
+        "embedded one, loaded on demand; other commands use the embedded Gemma 3 270M).",
     )
     mmproj: str | None = Field(None, description="Vision projector GGUF (default: the one stored with the model).")
     ctx: int | None = Field(None, ge=256, le=131072, description="Context tokens per request slot (default: planned).")

@@ -306,3 +306,45 @@ def test_management_needs_the_admin_key(store_home: Path) -> None:
         assert r.status_code == 200 and r.json()["loaded"] is False
     finally:
         server.stop()
+
+
+# --- small pieces ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("5m", 300.0), ("30s", 30.0), ("1h30m", 5400.0), ("250ms", 0.25), ("0", 0.0), (0, 0.0), (12.5, 12.5)],
+)
+def test_keep_alive_durations(text, seconds) -> None:
+    from gemma_local.serving import parse_keep_alive
+
+    assert parse_keep_alive(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["-1", -1, "-5m"])
+def test_negative_keep_alive_is_forever(text) -> None:
+    from gemma_local.serving import FOREVER, parse_keep_alive
+
+    assert parse_keep_alive(text) == FOREVER
+
+
+@pytest.mark.parametrize("text", ["soon", "5 minutes", "m5", "", True, "nan"])
+def test_bad_keep_alive_is_a_clear_error(text) -> None:
+    from gemma_local.errors import InvalidRequestError
+    from gemma_local.serving import parse_keep_alive
+
+    with pytest.raises(InvalidRequestError) as e:
+        parse_keep_alive(text)
+    assert e.value.param == "keep_alive"
+
+
+def test_serve_refuses_bad_serving_options() -> None:
+    from gemma_local.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["serve", "--mmproj", "p.gguf"])
+    assert result.exit_code == 1 and "--mmproj needs --model" in result.output
+    result = runner.invoke(main, ["serve", "--keep-alive", "forever", "--port", "0"])
+    assert result.exit_code == 1 and "Invalid keep_alive 'forever'" in result.output
+    result = runner.invoke(main, ["serve", "--model-alias", "gpt-4o", "--port", "0"])
+    assert result.exit_code == 1 and "write NAME=MODEL" in result.output

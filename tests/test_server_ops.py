@@ -288,24 +288,6 @@ def test_serve_helpers() -> None:
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
 
 
-def test_best_local_model_prefers_largest_store_model(monkeypatch) -> None:
-    from gemma_local.commands import serve
-    from gemma_local.hub import listing
-    from gemma_local.hub.listing import LocalModel
-
-    embedded = LocalModel(name="gemma-3-270m-embedded", path=None, size_bytes=1, source="embedded", default=True)
-    monkeypatch.setattr(listing, "local_models", lambda: [embedded])
-    assert serve.best_local_model() is None  # → the embedded default
-    rows = [
-        embedded,
-        LocalModel(name="gemma-3-4b", path="/m/4b.gguf", size_bytes=3_000, source="store", default=False),
-        LocalModel(name="gemma-3-12b", path="/m/12b.gguf", size_bytes=8_000, source="store", default=False),
-        LocalModel(name="gemma-3-1b", path="/m/1b.gguf", size_bytes=900, source="store", default=False),
-    ]
-    monkeypatch.setattr(listing, "local_models", lambda: rows)
-    assert serve.best_local_model() == "gemma-3-12b"
-
-
 def test_serve_command_end_to_end(isolated_home) -> None:
     """`gemma-local serve` prints the base URLs, warns on a public bind without a key, and serves."""
     env = {**os.environ, "GEMMA_LOCAL_HOME": str(isolated_home)}

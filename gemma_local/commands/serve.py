@@ -31,16 +31,6 @@ logger = logging.getLogger("gemma_local.server")
 SHUTDOWN_BACKSTOP_S = 5.0
 
 
-def best_local_model() -> str | None:
-    """The largest Gemma 3 model in the local store, or None for the embedded default."""
-    from gemma_local.hub.listing import local_models
-
-    store = [m for m in local_models() if m.source == "store" and m.path and m.size_bytes]
-    if not store:
-        return None
-    return max(store, key=lambda m: m.size_bytes or 0).name
-
-
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -175,6 +165,15 @@ def _store_app(settings: ServerSettings, eng_settings: EngineSettings, search_ch
         echo_base_model_notice(entry.id)
     limit = int(settings.max_memory_gib * GIB) if settings.max_memory_gib else None
     loader = StoreLoader(eng_settings, max_memory_bytes=limit)
+    for entry in catalog.entries:
+        # Said now, not at the first request: a model that can never fit gets a 400 each time.
+        need = loader.plan(entry).memory_bytes
+        if need > loader.budget_bytes:
+            click.echo(
+                f"warning: {entry.id} needs about {need / GIB:.1f} GiB with these settings, more than the "
+                f"{loader.budget_bytes / GIB:.1f} GiB models may use here: requests for it will be refused.",
+                err=True,
+            )
     logging.getLogger("gemma_local.serving").setLevel(logging.INFO)  # loads and unloads, one line each
     app = create_app(loader, settings, search_chain=search_chain, catalog=catalog)
     count = len(catalog.entries)

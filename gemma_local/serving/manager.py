@@ -50,6 +50,9 @@ __all__ = ["Lease", "LoadPlan", "LoadedModel", "ModelLoader", "ModelManager", "M
 
 logger = logging.getLogger("gemma_local.serving")
 
+#: How long closing the manager waits for loads in progress.
+LOAD_CLOSE_WAIT_S = 60.0
+
 
 @dataclass(frozen=True)
 class LoadPlan:
@@ -236,6 +239,14 @@ class ModelManager:
         """
         resolution = self.catalog.resolve(requested)
         model = await self._ensure_loaded(resolution.entry)
+        for _ in range(3):
+            # Between the load finishing and this waiter resuming, another load may have evicted
+            # the model (it was idle): take the lease only on a model that is still loaded.
+            if self._loaded.get(resolution.entry.id) is model:
+                break
+            model = await self._ensure_loaded(resolution.entry)
+        else:
+            raise ModelNotReadyError(f"{resolution.entry.id} keeps being evicted to make room; retry shortly.")
         model.leases += 1
         if not model.pinned:
             model.keep_alive_s = self.keep_alive_s if keep_alive_s is None else keep_alive_s
@@ -332,8 +343,10 @@ class ModelManager:
     async def close(self, *, include_pinned: bool = False) -> None:
         """Unload every model (pinned ones only with ``include_pinned``); no new loads start."""
         self._closed = True
-        for task in list(self._loading.values()):
-            task.cancel()
+        loading = list(self._loading.values())
+        if loading:
+            # A load on its thread cannot be stopped: let it finish, and close what it made.
+            await asyncio.wait(loading, timeout=LOAD_CLOSE_WAIT_S)
         for model in list(self._loaded.values()):
             if model.pinned and not include_pinned:
                 self._loaded.pop(model.entry.id, None)
@@ -358,7 +371,7 @@ class ModelManager:
         if task is None:
             task = asyncio.ensure_future(self._load(entry))
             self._loading[entry.id] = task
-            task.add_done_callback(lambda t, key=entry.id: self._loading.pop(key, None))
+            task.add_done_callback(lambda t, key=entry.id: self._load_done(key, t))
         try:
             # Shielded: a waiter that gives up (or whose client leaves) does not stop the load.
             return await asyncio.wait_for(asyncio.shield(task), self.load_wait_s)
@@ -430,6 +443,13 @@ class ModelManager:
         logger.info("unloading %s: %s", model.entry.id, why)
         # Off the event loop: closing waits for the engine's current micro-batch.
         await anyio.to_thread.run_sync(model.engine.close)
+
+    def _load_done(self, key: str, task: asyncio.Task[LoadedModel]) -> None:
+        self._loading.pop(key, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Retrieved here too, since every waiter may have given up (load_wait_s) already.
+            error = task.exception()
+            logger.warning("loading %s failed: %s", key, getattr(error, "message", error))
 
     def _released(self, model: LoadedModel) -> None:
         if model.leases == 0 and model.keep_alive_s == 0 and not model.pinned:
