@@ -272,7 +272,7 @@ def test_unload_while_another_model_streams(served: LiveServer, no_eos) -> None:
     assert _chat(served, "beta").status_code == 200
     client = _openai(served)
     stream = client.chat.completions.create(
-        model="alpha", messages=HI, max_tokens=40, stream=True, logit_bias=no_eos, temperature=0
+        model="alpha", messages=HI, max_tokens=24, stream=True, logit_bias=no_eos, temperature=0
     )
     chunks = iter(stream)
     next(chunks)
@@ -306,6 +306,15 @@ def test_management_needs_the_admin_key(store_home: Path) -> None:
         assert r.status_code == 200 and r.json()["loaded"] is False
     finally:
         server.stop()
+
+
+def test_a_one_model_server_keeps_its_model(http) -> None:
+    """An app around one engine (as `serve --model X`): load is a no-op, unload is refused."""
+    r = http.post("/v1/models/gemma-3-27b/load")
+    assert r.status_code == 200 and r.json()["id"] == "gemma-3-270m-embedded" and r.json()["loaded"] is True
+    r = http.post("/v1/models/gemma-3-270m-embedded/unload")
+    assert r.status_code == 400 and "stays loaded" in r.json()["error"]["message"]
+    assert http.get("/health").json()["loaded"] == ["gemma-3-270m-embedded"]
 
 
 # --- small pieces ------------------------------------------------------------------------------
