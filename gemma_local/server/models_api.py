@@ -16,11 +16,31 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from gemma_local.hub.tuning import is_instruction_tuned
 from gemma_local.server.auth import check_api_key, require_api_key
+from gemma_local.server.common_schemas import KeepAlive
 from gemma_local.server.runtime import get_models
 from gemma_local.serving import ModelManager, ModelState
+
+
+class _ModelIdConvertor(Convertor[str]):
+    """A model id (``hf.co/ORG/REPO:Q4_K_M`` has slashes) that does not end in ``/load`` or
+    ``/unload``, so ``/v1/models/{id}/load`` is only the management route: a ``GET`` there is
+    a 405 naming ``POST``, as the document says, not a lookup of a model called ``x/load``."""
+
+    regex = r"(?!.*/(?:load|unload)$).+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+# Starlette compiles a route's path when it is declared, so the convertor must be known first.
+register_url_convertor("model_id", _ModelIdConvertor())
 
 router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
 #: Load and unload: the admin key alone opens them (see :func:`require_admin_key`).
@@ -116,7 +136,7 @@ async def list_models(models: ModelManager = Depends(get_models)) -> ModelList:
     return ModelList(data=[_model(state, models) for state in models.states()])
 
 
-@router.get("/v1/models/{model_id:path}", response_model=Model, summary="Retrieve a model")
+@router.get("/v1/models/{model_id:model_id}", response_model=Model, summary="Retrieve a model")
 async def get_model(model_id: str, models: ModelManager = Depends(get_models)) -> Model:
     """One model, by any id it answers to; 404 ``model_not_found`` when none does."""
     entry = models.catalog.resolve(model_id).entry
@@ -136,7 +156,7 @@ async def require_admin_key(request: Request) -> None:
 
 
 class LoadBody(BaseModel):
-    keep_alive: str | int | float | None = Field(
+    keep_alive: KeepAlive | None = Field(
         None, description="How long it stays loaded once idle (default: the server's --keep-alive)."
     )
 
