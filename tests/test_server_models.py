@@ -357,3 +357,19 @@ def test_serve_refuses_bad_serving_options() -> None:
     assert result.exit_code == 1 and "Invalid keep_alive 'forever'" in result.output
     result = runner.invoke(main, ["serve", "--model-alias", "gpt-4o", "--port", "0"])
     assert result.exit_code == 1 and "write NAME=MODEL" in result.output
+
+
+def test_a_memory_cap_plans_within_it(store_home: Path) -> None:
+    """--max-memory-gib is planned for: with no --ctx, a model gets the context that fits the cap."""
+    from gemma_local.commands.serve_models import StoreLoader
+    from gemma_local.memory import GIB
+    from gemma_local.serving import ModelCatalog
+    from gemma_local.settings import EngineSettings
+
+    alpha = ModelCatalog.from_store(home=store_home).get("alpha")
+    roomy = StoreLoader(EngineSettings(), max_memory_bytes=64 * GIB).plan(alpha)
+    cap = int(roomy.memory_bytes * 0.7)
+    tight = StoreLoader(EngineSettings(), max_memory_bytes=cap)
+    plan = tight.plan(alpha)
+    assert tight.budget_bytes <= cap and plan.memory_bytes <= tight.budget_bytes
+    assert plan.memory_bytes < roomy.memory_bytes and (plan.ctx, plan.parallel) != (roomy.ctx, roomy.parallel)

@@ -44,7 +44,10 @@ class StoreLoader:
         from gemma_local.memory import MachineMemory
 
         self.settings = settings.model_copy(update={"model": None, "mmproj": None})
-        self.machine = machine or MachineMemory.detect()
+        measured = machine or MachineMemory.detect()
+        # Planned within the cap, so a model gets the context that fits the cap rather than a
+        # plan for the whole machine that the cap then refuses.
+        self.machine = _capped(measured, max_memory_bytes) if max_memory_bytes else measured
         budget = self.machine.budget
         self.budget_bytes = min(budget, max_memory_bytes) if max_memory_bytes else budget
         self.ctx_for = dict(ctx_for or {})
@@ -66,3 +69,20 @@ class StoreLoader:
         engine = open_engine(self._settings(entry), machine=self.machine)
         engine.model_id = entry.id  # loaded by path; it answers to its catalog id
         return engine
+
+
+def _capped(machine: MachineMemory, limit: int) -> MachineMemory:
+    """``machine`` with its RAM and free VRAM scaled down so that its plan budget is ``limit``."""
+    from dataclasses import replace
+
+    from gemma_local.memory import GpuMemory
+
+    if machine.budget <= limit:
+        return machine
+    factor = limit / machine.budget
+    return replace(
+        machine,
+        total_ram=int(machine.total_ram * factor),
+        available_ram=int(machine.available_ram * factor),
+        gpus=tuple(GpuMemory(total=g.total, free=int(g.free * factor)) for g in machine.gpus),
+    )
