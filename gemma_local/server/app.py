@@ -87,12 +87,12 @@ def create_app(
         The app; its ``state.runtime`` holds the engine, the pipeline and the metrics.
     """
     settings = settings or ServerSettings()
+    aliases = parse_aliases(settings.model_aliases)  # checked now, whichever way the models load
     runtime = Runtime(settings=settings, search_chain=search_chain)
     factory: EngineFactory | None = None
     if _is_engine(engine_or_factory):
         runtime.attach(engine_or_factory)  # type: ignore[arg-type]
     elif _is_loader(engine_or_factory):
-        aliases = parse_aliases(settings.model_aliases)
         runtime.manage(
             ModelManager(
                 catalog or ModelCatalog.from_store(aliases),

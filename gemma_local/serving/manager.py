@@ -321,7 +321,7 @@ class ModelManager:
             out.append(
                 ModelState(
                     entry=entry,
-                    ids=self.catalog.ids_of(entry) if not self.catalog.single else list(model.pipeline.models.ids),
+                    ids=self.catalog.ids_of(entry),
                     loaded=True,
                     loading=False,
                     context_length=stats.n_ctx_per_slot,
