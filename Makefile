@@ -8,8 +8,13 @@ STAMP := $(VENV)/.installed
 export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# The coding agents the client tests drive (tests/test_agents_*), pinned exactly; `make agents`.
+AGENTS := .agents
+CODEX_VERSION := 0.171.0
+CLAUDE_CODE_VERSION := 2.1.332
+AGENTS_STAMP := $(AGENTS)/.installed-codex-$(CODEX_VERSION)-claude-code-$(CLAUDE_CODE_VERSION)
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench agents clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +39,21 @@ lint: install
 bench: install
 	$(BIN)/python -m pip install -q -e '.[embedded,search,test,bench]'
 	$(BIN)/python bench/run_all.py
+
+# Codex CLI and Claude Code from npm, into the git-ignored .agents/ (binaries in
+# .agents/node_modules/.bin). npm no longer runs install scripts unless approved, and Claude
+# Code's postinstall (install.cjs) is what puts the native binary in place of the `claude`
+# stub, so it is run here explicitly.
+$(AGENTS_STAMP):
+	rm -rf $(AGENTS) && mkdir -p $(AGENTS)
+	npm install --prefix $(AGENTS) --save-exact --no-audit --no-fund \
+		@openai/codex@$(CODEX_VERSION) @anthropic-ai/claude-code@$(CLAUDE_CODE_VERSION)
+	cd $(AGENTS)/node_modules/@anthropic-ai/claude-code && node install.cjs
+	$(AGENTS)/node_modules/.bin/codex --version
+	$(AGENTS)/node_modules/.bin/claude --version
+	touch $@
+
+agents: $(AGENTS_STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -10,6 +10,11 @@ through logit_bias so every answer has the same length):
   four were cut short.
 
     .venv/bin/python bench/concurrency.py [--tokens 128] [--rounds 5] [--skip-llama-cpp-python]
+        [--skip-llama-server] [--baseline-checkout DIR]
+
+``--baseline-checkout DIR`` also serves gemma-local from another checkout of this repository
+(e.g. ``git worktree add /tmp/prev HEAD~1``), so a change is measured against the code before
+it in the same interleaved rounds (``*_vs_baseline_checkout`` ratios).
 
 llama-server is built by bench/build_llama_server.sh from the llama.cpp source vendored in
 the installed llama-cpp-python version (cached outside the repo).
@@ -21,6 +26,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -124,11 +130,13 @@ def one_round(base: str, n_tokens: int) -> tuple[float, float, int]:
 class Server:
     """A server process started for the whole run (idle between its rounds)."""
 
-    def __init__(self, name: str, cmd: list[str], port: int) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], port: int, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         print(f"--- {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         self.name = name
         self.base = f"http://127.0.0.1:{port}"
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=cwd)
         self.single: list[float] = []
         self.aggregate: list[float] = []
         self.cut = 0
@@ -175,60 +183,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--ctx", type=int, default=2048, help="context per slot")
     parser.add_argument("--skip-llama-cpp-python", action="store_true")
+    parser.add_argument("--skip-llama-server", action="store_true")
+    parser.add_argument("--baseline-checkout", type=Path, help="also serve gemma-local from this checkout")
     args = parser.parse_args()
     path = str(model_path())
     t = str(THREADS)
-    llama_server = (
-        subprocess.run([str(HERE / "build_llama_server.sh")], capture_output=True, text=True, check=True)
-        .stdout.strip()
-        .splitlines()[-1]
-    )
     ours_port, anchor_port, lcp_port = free_port(), free_port(), free_port()
-    servers = [
-        Server(
-            "gemma_local",
-            [
-                sys.executable,
-                "-m",
-                "gemma_local",
-                "serve",
-                "--model",
-                path,
-                "--port",
-                str(ours_port),
-                "--parallel",
-                "4",
-                "--ctx",
-                str(args.ctx),
-                "--threads",
-                t,
-            ],
-            ours_port,
-        ),
-        Server(
-            "llama_server",
-            [
-                llama_server,
-                "-m",
-                path,
-                "--port",
-                str(anchor_port),
-                "--host",
-                "127.0.0.1",
-                "--parallel",
-                "4",
-                "-c",
-                str(4 * args.ctx),
-                "-t",
-                t,
-                "-tb",
-                t,
-                "-fa",
-                "on",
-            ],
-            anchor_port,
-        ),
-    ]
+
+    def gemma_local(name: str, port: int, checkout: Path | None = None) -> Server:
+        command = [sys.executable, "-m", "gemma_local", "serve", "--model", path, "--port", str(port)]
+        command += ["--parallel", "4", "--ctx", str(args.ctx), "--threads", t]
+        env = None if checkout is None else {**os.environ, "PYTHONPATH": str(checkout.resolve())}
+        return Server(name, command, port, env=env, cwd=checkout)
+
+    servers = [gemma_local("gemma_local", ours_port)]
+    if args.baseline_checkout is not None:
+        servers.append(gemma_local("baseline_checkout", free_port(), args.baseline_checkout))
+    if not args.skip_llama_server:
+        servers.append(llama_server_process(path, t, anchor_port, args.ctx))
     if not args.skip_llama_cpp_python:
 
         def llama_cpp_python(name: str, port: int, *options: str) -> Server:
@@ -257,14 +229,11 @@ def main() -> None:
         # Median of the per-round ratios: each compares two servers measured seconds apart.
         return round(median([x / max(y, 1e-9) for x, y in zip(getattr(a, attr), getattr(b, attr), strict=True)]), 3)
 
-    ours, anchor = servers[0], servers[1]
-    ratios = {
-        "one_stream_vs_llama_server": ratio(ours, anchor, "single"),
-        "four_streams_vs_llama_server": ratio(ours, anchor, "aggregate"),
-    }
-    for other, label in zip(servers[2:], ("llama_cpp_python", "llama_cpp_python_defaults"), strict=False):
-        ratios[f"one_stream_vs_{label}"] = ratio(ours, other, "single")
-        ratios[f"four_streams_vs_{label}"] = ratio(ours, other, "aggregate")
+    ours = servers[0]
+    ratios = {}
+    for other in servers[1:]:
+        ratios[f"one_stream_vs_{other.name}"] = ratio(ours, other, "single")
+        ratios[f"four_streams_vs_{other.name}"] = ratio(ours, other, "aggregate")
     write_result(
         "concurrency",
         {
@@ -277,6 +246,17 @@ def main() -> None:
             "ratios": ratios,
         },
     )
+
+
+def llama_server_process(path: str, threads: str, port: int, ctx: int) -> Server:
+    """llama.cpp's own server, built from the llama.cpp that llama-cpp-python vendors."""
+    binary = (
+        subprocess.run([str(HERE / "build_llama_server.sh")], capture_output=True, text=True, check=True)
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+    command = [binary, "-m", path, "--port", str(port), "--host", "127.0.0.1", "--parallel", "4", "-c", str(4 * ctx)]
+    return Server("llama_server", [*command, "-t", threads, "-tb", threads, "-fa", "on"], port)
 
 
 if __name__ == "__main__":

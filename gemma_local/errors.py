@@ -44,7 +44,12 @@ class ChatFormatError(InvalidRequestError):
 
 
 class ContextOverflowError(InvalidRequestError):
-    """The prompt (plus the requested output) does not fit the context window."""
+    """The prompt (plus the requested output) does not fit the context window.
+
+    ``code`` is OpenAI's ``context_length_exceeded``, which agents (Codex, the Agents SDK)
+    recognise and compact on; the Anthropic envelope words it as that API does (see
+    ``gemma_local.server.errors``).
+    """
 
     code = "context_length_exceeded"
 
@@ -58,6 +63,11 @@ class ContextOverflowError(InvalidRequestError):
             f"larger context (--ctx)."
         )
         super().__init__(message, param="messages")
+
+    @property
+    def max_prompt_tokens(self) -> int:
+        """The longest prompt that fits: one slot's context less the one token the answer needs."""
+        return self.n_ctx - 1
 
 
 class ModelCapabilityError(InvalidRequestError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_local.engine import ChatMessage, GenerationRequest
+from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
 from gemma_local.engine.chat_format import render
 from gemma_local.errors import ChatFormatError
 
@@ -19,10 +19,37 @@ def test_single_user_turn() -> None:
     )
 
 
-def test_system_and_developer_fold_into_first_user_turn() -> None:
+def test_leading_system_and_developer_lead_the_first_user_turn() -> None:
     prompt = render(msgs(("system", "Be brief."), ("developer", "Use French."), ("user", "Hi")))
     assert prompt.text == (
         "<bos><start_of_turn>user\nBe brief.\n\nUse French.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+    )
+
+
+def test_system_after_user_stays_where_it_stands() -> None:
+    """Claude Code's turns: [user, system] then [user, system, assistant, user]. The system text
+    ends the first user turn in both, so the second prompt extends the first (the KV cache is
+    reused) instead of moving it to the start of the next user turn, as Gemma's template does."""
+    first = render(msgs(("user", "Hi"), ("system", "Be brief.")))
+    assert first.text == "<bos><start_of_turn>user\nHi\n\nBe brief.<end_of_turn>\n<start_of_turn>model\n"
+    second = render(msgs(("user", "Hi"), ("system", "Be brief."), ("assistant", "Hello!"), ("user", "Bye")))
+    assert second.text == (
+        "<bos><start_of_turn>user\nHi\n\nBe brief.<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert second.text.startswith(first.text)
+
+
+def test_text_parts_join_like_one_string() -> None:
+    """Every role joins its text parts with a blank line, as the Anthropic system blocks are."""
+    as_parts = ChatMessage("system", (TextPart(" Be brief. "), TextPart(""), TextPart("Use French.")))
+    as_string = ChatMessage.text("system", "Be brief.\n\nUse French.")
+    user = ChatMessage.text("user", "Hi")
+    assert render((as_parts, user)) == render((as_string, user))
+    tool_parts = ChatMessage("tool", (TextPart("21"), TextPart("degrees")))
+    assert render((user, tool_parts)).text.endswith(
+        "```tool_output\n21\n\ndegrees\n```<end_of_turn>\n<start_of_turn>model\n"
     )
 
 

@@ -247,30 +247,3 @@ def test_human_bytes() -> None:
         "857.7 MB",
         "16.5 GB",
     ]
-
-
-# --- layering ------------------------------------------------------------------------------
-
-
-def _imports(folder: Path) -> set[str]:
-    import ast
-
-    found: set[str] = set()
-    for path in folder.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                found.add(node.module)
-            elif isinstance(node, ast.Import):
-                found.update(alias.name for alias in node.names)
-    return {name for name in found if name.startswith("gemma_local")}
-
-
-def test_the_memory_model_sits_below_hub_and_engine() -> None:
-    """hub and the CLI plan with gemma_local.memory; it imports only the GGUF reader and errors."""
-    import gemma_local
-
-    package = Path(gemma_local.__file__).parent
-    assert _imports(package / "memory") <= {"gemma_local.gguf", "gemma_local.errors"} | {
-        f"gemma_local.memory.{m}" for m in ("machine", "planner")
-    }
-    assert not {m for m in _imports(package / "hub") if m.startswith(("gemma_local.engine", "gemma_local.server"))}

@@ -72,7 +72,7 @@ async def _whole(pipeline: Any, request: Any) -> Any:
 
 
 async def _stream(pipeline: Any, request: Any) -> None:
-    from gemma_local.pipeline import ChoiceDelta, ChoiceToolCall
+    from gemma_local.pipeline import ChoiceDelta, ChoiceToolCall, ChoiceTruncatedCall
 
     generation = await pipeline.start(request)
     several = generation.n > 1
@@ -89,7 +89,7 @@ async def _stream(pipeline: Any, request: Any) -> None:
             if event.text:
                 click.echo(event.text, nl=False)
                 at_line_start = event.text.endswith("\n")
-        elif isinstance(event, ChoiceToolCall):
+        elif isinstance(event, ChoiceToolCall | ChoiceTruncatedCall):
             if not at_line_start:
                 click.echo("")
             click.echo(call_line(event.call))
@@ -106,6 +106,10 @@ def _json_result(model_id: str, outcome: Any) -> dict[str, Any]:
             "tool_calls": [{"id": t.id, "name": t.name, "arguments": t.arguments} for t in c.tool_calls],
             "finish_reason": c.finish_reason,
             "stop_sequence": c.stop_sequence,
+            # A call cut by --max-tokens: its name and arguments as far as they got.
+            "truncated_call": (
+                {"name": c.truncated_call.name, "arguments": c.truncated_call.arguments} if c.truncated_call else None
+            ),
         }
 
     first = outcome.choices[0]

@@ -233,8 +233,12 @@ def open_pipeline(engine: Any, options: RequestOptions) -> Any:
 
 
 def call_line(call: Any, choice: int | None = None) -> str:
-    """A function call as the one JSON line the CLI prints for it."""
-    line: dict[str, Any] = {"type": "tool_call", "id": call.id, "name": call.name, "arguments": call.arguments}
+    """A function call as the one JSON line the CLI prints for it (a call cut by --max-tokens:
+    type ``truncated_tool_call``, its arguments the JSON text as far as it got)."""
+    from gemma_local.pipeline import TruncatedCall
+
+    kind = "truncated_tool_call" if isinstance(call, TruncatedCall) else "tool_call"
+    line: dict[str, Any] = {"type": kind, "id": call.id, "name": call.name, "arguments": call.arguments}
     if choice is not None:
         line["choice"] = choice
     return json.dumps(line, ensure_ascii=False)

@@ -9,6 +9,26 @@
 The renderer produces *segments*: control tokens are kept apart from user text so that text
 is tokenized with special-token parsing off. A user who types ``<start_of_turn>`` gets those
 characters, not a forged turn marker.
+
+Rendering is **append-only**, so that a client's next request reuses the KV cache of its
+last one: the prompt of a conversation's first k messages, up to where the generation
+prompt (``<end_of_turn>\n<start_of_turn>model\n``) starts, is a prefix of the prompt of
+its first k+1 messages. Hence the rules:
+
+- Gemma has no system role, so ``system`` and ``developer`` messages, like ``user`` messages
+  and tool results, are *user-side*: each message's text lands where the message stands, and
+  consecutive user-side messages share one user turn. The common ``[system, user, ...]``
+  therefore gives Gemma's own ``{system}\n\n{user}``, while a system message sent after a
+  user message stays after it (folding it into the *next* user turn, as Gemma's template
+  does, would move it as soon as that turn arrives).
+- Within a turn, texts are stripped and joined with a blank line (``\n\n``), whether they
+  come from one message's parts or from consecutive messages: a message's text parts render
+  exactly like the same text sent as one string joined with ``\n\n`` (the Anthropic API's
+  ``system`` blocks are joined the same way). Images stand between texts with no separator.
+
+At the token level the same holds, because every message boundary either falls on a control
+token or starts with the ``\n\n`` that Gemma's tokenizer never merges with the text before
+it (``tests/test_chat_format_properties.py`` checks both on generated conversations).
 """
 
 from __future__ import annotations
@@ -63,50 +83,41 @@ class _Turn:
 
 
 def _gemma_role(role: str) -> str:
-    if role in ("user", "tool"):
+    if role in ("system", "developer", "user", "tool"):
         return "user"
     if role == "assistant":
         return "model"
     raise ChatFormatError(f"Unknown message role {role!r}; use system, developer, user, assistant or tool.")
 
 
-def _tool_output_parts(message: ChatMessage) -> list[TextPart | ImagePart]:
-    # Google's examples return tool results to the model as a fenced tool_output block.
-    text = message.plain_text.strip()
-    parts: list[TextPart | ImagePart] = [TextPart(f"```tool_output\n{text}\n```")]
-    parts.extend(p for p in message.content if isinstance(p, ImagePart))
+def _text(parts: tuple[TextPart | ImagePart, ...]) -> str:
+    """A message's text: its parts stripped and joined as ``_turn_segments`` joins them."""
+    return "\n\n".join(t for t in (p.text.strip() for p in parts if isinstance(p, TextPart)) if t)
+
+
+def _message_parts(message: ChatMessage) -> list[TextPart | ImagePart]:
+    if message.role == "tool":
+        # Google's examples return tool results to the model as a fenced tool_output block.
+        parts: list[TextPart | ImagePart] = [TextPart(f"```tool_output\n{_text(message.content)}\n```")]
+        parts.extend(p for p in message.content if isinstance(p, ImagePart))
+        return parts
+    parts = list(message.content)
+    if message.tool_calls:
+        # A replayed assistant turn shows the model its own calls, in the format it writes them.
+        parts.append(TextPart(render_tool_calls(message.tool_calls)))
     return parts
 
 
 def _merge_turns(messages: tuple[ChatMessage, ...]) -> list[_Turn]:
+    # Every message's parts land where it stands; only a change of side opens a new turn.
     turns: list[_Turn] = []
-    pending_system: list[str] = []
     for message in messages:
-        if message.role in ("system", "developer"):
-            text = message.plain_text.strip()
-            if text:
-                pending_system.append(text)
-            continue
         role = _gemma_role(message.role)
-        parts = _tool_output_parts(message) if message.role == "tool" else list(message.content)
-        if message.tool_calls:
-            # A replayed assistant turn shows the model its own calls, in the format it writes them.
-            parts.append(TextPart(render_tool_calls(message.tool_calls)))
-        if role == "user" and pending_system:
-            # Gemma has no system role: instructions lead the next user turn.
-            parts = [TextPart("\n\n".join(pending_system)), *parts]
-            pending_system = []
+        parts = _message_parts(message)
         if turns and turns[-1].role == role:
             turns[-1].parts.extend(parts)
         else:
             turns.append(_Turn(role, parts))
-    if pending_system:
-        # Instructions with no user turn after them still reach the model, as a user turn.
-        parts = [TextPart("\n\n".join(pending_system))]
-        if turns and turns[-1].role == "user":
-            turns[-1].parts.extend(parts)
-        else:
-            turns.append(_Turn("user", parts))
     return turns
 
 
@@ -132,8 +143,9 @@ def render(messages: tuple[ChatMessage, ...] | list[ChatMessage], *, continue_fi
     """Render a conversation into Gemma 3's format, ready for the model's answer.
 
     Args:
-        messages: the conversation; system/developer turns are folded into the next user turn,
-            ``assistant`` becomes ``model``, consecutive turns of one role are merged.
+        messages: the conversation; system, developer and tool messages are user-side,
+            ``assistant`` becomes ``model``, consecutive messages of one side share a turn
+            (see the module docstring for why, and how texts are joined).
         continue_final: when the conversation ends with an assistant turn, leave that turn
             open so the model continues it (prefill) instead of raising.
 

@@ -100,6 +100,40 @@ class ToolCallStreamFilter:
         self._done = True
         return self._drain(final=True)
 
+    def take_unfinished_call(self) -> str | None:
+        """Remove and return the start of a call the output ended in, if that is what is held back.
+
+        For an answer cut by its token limit: the piece of a call it was writing is reported as
+        a truncated call, never as text. What came before the call stays for :meth:`finish`.
+
+        Returns:
+            The call's text from its fence (or its opening brace, for a bare call), or None
+            when what is held back is not the start of a call.
+        """
+        if self._done or self._foreign:
+            return None
+        buf = self._buf
+        body = buf.lstrip()
+        if self._boundary and self._bare and body[:1] in ("{", "[") and _may_start_call(body):
+            self._buf = buf[: len(buf) - len(body)]
+            return body
+        at = buf.find(_FENCE)
+        if at < 0:
+            return None
+        rest = buf[at:]
+        newline = rest.find("\n", len(_FENCE))
+        if newline < 0:
+            tag = rest[len(_FENCE) :]
+            is_call = bool(tag.strip()) and _may_be_call_tag(tag) and "tool_call".startswith(tag.strip())
+        else:
+            tag = rest[len(_FENCE) : newline].strip()
+            inner = rest[newline + 1 :].lstrip()
+            is_call = tag == "tool_call" or (tag in CALL_TAGS and bool(inner) and _may_start_call(inner))
+        if not is_call:
+            return None
+        self._buf = buf[:at]
+        return rest
+
     # --- the state machine -----------------------------------------------------------------
 
     def _drain(self, *, final: bool) -> list[StreamItem]:

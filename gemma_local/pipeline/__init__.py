@@ -13,6 +13,7 @@ from gemma_local.pipeline.generation import (
     ChoiceEvent,
     ChoiceResult,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     GenerationObserver,
     GenerationOutcome,
@@ -29,7 +30,7 @@ from gemma_local.pipeline.request import (
     PipelineRequest,
     RequestLimits,
 )
-from gemma_local.pipeline.tooling import OutputFormat
+from gemma_local.pipeline.tooling import OutputFormat, TruncatedCall
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -40,6 +41,7 @@ __all__ = [
     "ChoiceEvent",
     "ChoiceResult",
     "ChoiceToolCall",
+    "ChoiceTruncatedCall",
     "EngineLike",
     "Generation",
     "GenerationObserver",
@@ -56,5 +58,6 @@ __all__ = [
     "ToolCall",
     "ToolChoice",
     "ToolSpec",
+    "TruncatedCall",
     "combine_usage",
 ]

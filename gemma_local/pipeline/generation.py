@@ -22,7 +22,7 @@ from gemma_local.engine.types import TokenLogprob, ToolCall
 from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError
 from gemma_local.pipeline.grounding import Grounding
 from gemma_local.pipeline.request import PipelineRequest
-from gemma_local.pipeline.tooling import CallSplitter, TextPiece
+from gemma_local.pipeline.tooling import CallSplitter, SplitItem, TruncatedCall
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,14 @@ class ChoiceToolCall:
     call: ToolCall
 
 
+@dataclass(frozen=True)
+class ChoiceTruncatedCall:
+    """Choice ``index`` hit its token limit in the middle of a call (it then ends with ``length``)."""
+
+    index: int
+    call: TruncatedCall
+
+
 #: ``tool_calls``: the choice ended by calling functions (its ``ChoiceToolCall`` events).
 PipelineFinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -57,7 +65,7 @@ class ChoiceEnd:
     timings: Timings
 
 
-ChoiceEvent = ChoiceDelta | ChoiceToolCall | ChoiceEnd
+ChoiceEvent = ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall | ChoiceEnd
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,8 @@ class ChoiceResult:
     logprobs: tuple[TokenLogprob, ...] = ()
     tool_calls: tuple[ToolCall, ...] = ()
     timings: Timings = field(default_factory=Timings)
+    #: The call the choice was cut in by its token limit, if it was.
+    truncated_call: TruncatedCall | None = None
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,12 @@ class Generation:
         self._own_stops = own_stops
         # JSON requested as the answer: a leading "{" is content, not a call without its fence.
         bare_calls = request.output_format is None or request.output_format.response_schema is None
-        self._splitters = [CallSplitter(tool_plan, request.tools, bare_calls=bare_calls) for _ in streams]
+        self._splitters = [
+            CallSplitter(tool_plan, request.tools, bare_calls=bare_calls, parallel=request.parallel_tool_calls)
+            for _ in streams
+        ]
+        #: Choices we stopped because their calls were complete (a repeat, or one too many).
+        self._stopped: set[int] = set()
 
     @property
     def prompt_tokens(self) -> int:
@@ -214,9 +229,12 @@ class Generation:
                     self._progress.tokens_seen += event.n_tokens
                     for item in _choice_events(index, splitter.feed(event.text, event.logprobs)):
                         yield item
+                    if splitter.wants_stop and index not in self._stopped:
+                        self._stopped.add(index)
+                        self._streams[index].cancel()
                     continue
                 end = self._end(index, event)
-                for item in _choice_events(index, splitter.finish()):
+                for item in _choice_events(index, splitter.finish(truncated=end.finish_reason == "length")):
                     yield item
                 if splitter.made_calls:
                     if end.finish_reason == "stop":
@@ -237,6 +255,7 @@ class Generation:
         texts: dict[int, list[str]] = {i: [] for i in range(self.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.n)}
         calls: dict[int, list[ToolCall]] = {i: [] for i in range(self.n)}
+        truncated: dict[int, TruncatedCall] = {}
         ends: dict[int, ChoiceEnd] = {}
         async for event in self.events():
             if isinstance(event, ChoiceDelta):
@@ -244,6 +263,8 @@ class Generation:
                 logprobs[event.index].extend(event.logprobs)
             elif isinstance(event, ChoiceToolCall):
                 calls[event.index].append(event.call)
+            elif isinstance(event, ChoiceTruncatedCall):
+                truncated[event.index] = event.call
             else:
                 ends[event.index] = event
         choices = tuple(
@@ -256,6 +277,7 @@ class Generation:
                 logprobs=tuple(logprobs[i]),
                 tool_calls=tuple(calls[i]),
                 timings=ends[i].timings,
+                truncated_call=truncated.get(i),
             )
             for i in range(self.n)
         )
@@ -269,6 +291,8 @@ class Generation:
         )
 
     def _end(self, index: int, event: Finished) -> ChoiceEnd:
+        if index in self._stopped and event.finish_reason == "cancelled":
+            event = replace(event, finish_reason="stop")  # we stopped it: its calls were complete
         if self._observer is not None:
             self._observer.choice_finished(self._endpoint, event)
         if event.finish_reason == "error":
@@ -316,12 +340,13 @@ class Generation:
         )
 
 
-def _choice_events(index: int, items: list[TextPiece | ToolCall]) -> list[ChoiceDelta | ChoiceToolCall]:
-    return [
-        ChoiceToolCall(index=index, call=item)
-        if isinstance(item, ToolCall)
-        else ChoiceDelta(index=index, text=item.text, logprobs=item.logprobs)
-        for item in items
-    ]
-
-
+def _choice_events(index: int, items: list[SplitItem]) -> list[ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall]:
+    out: list[ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall] = []
+    for item in items:
+        if isinstance(item, ToolCall):
+            out.append(ChoiceToolCall(index=index, call=item))
+        elif isinstance(item, TruncatedCall):
+            out.append(ChoiceTruncatedCall(index=index, call=item))
+        else:
+            out.append(ChoiceDelta(index=index, text=item.text, logprobs=item.logprobs))
+    return out

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
 from gemma_local.engine.types import ImageRef, MessagePart
@@ -20,6 +20,7 @@ from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceEnd,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     GenerationOutcome,
     OutputFormat,
@@ -61,9 +62,9 @@ from gemma_local.server.anthropic_messages_schemas import (
     ToolUseBlock,
     ToolUseBlockParam,
 )
-from gemma_local.server.auth import require_api_key
+from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
-from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_event
@@ -74,20 +75,18 @@ ENDPOINT = "/v1/messages"
 KEEPALIVE_S = 10.0
 
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["Anthropic"])
+router = protected_router("Anthropic")
 
 
 @router.post(
     ENDPOINT,
     response_model=Message,
     summary="Create a message",
-    responses={
-        200: {
-            "description": "A message; with `stream: true`, server-sent events instead (`event: <type>` + `data:`), "
-            "from `message_start` to `message_stop`.",
-            "content": {"text/event-stream": {"schema": sse_event_schema(*STREAM_EVENTS, style="anthropic")}},
-        },
-    },
+    responses=streamed_or_whole(
+        "A message; with `stream: true`, server-sent events instead (`event: <type>` + `data:`), "
+        "from `message_start` to `message_stop`.",
+        sse_event_schema(*STREAM_EVENTS, style="anthropic"),
+    ),
 )
 async def create_message(body: MessagesRequest, request: Request, models: ModelManager = Depends(get_models)) -> Any:
     """Generate the next assistant message of a conversation, whole or streamed."""
@@ -211,8 +210,7 @@ def to_pipeline_request(body: CountTokensRequest | MessagesRequest) -> PipelineR
         request_id=new_id("msg_"),
         model=body.model,
         generation=generation,
-        web_search=bool(getattr(body, "web_search_linkup", False)),
-        disable_formatting=bool(getattr(body, "disable_formatting", False)),
+        **(body.search_hook() if isinstance(body, MessagesRequest) else {}),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         stop_param="stop_sequences",
@@ -377,6 +375,10 @@ async def _message_events(generation: Generation) -> AsyncIterator[bytes]:
                 chunks = blocks.text(event.text) if event.text else []
             elif isinstance(event, ChoiceToolCall):
                 chunks = blocks.tool_use(event.call)
+            elif isinstance(event, ChoiceTruncatedCall):
+                # A tool_use input must be a whole object: a call cut by max_tokens has no place
+                # here, so it is dropped (stop_reason says max_tokens), never sent as text.
+                chunks = []
             else:
                 chunks = blocks.end(event)
             for chunk in chunks:

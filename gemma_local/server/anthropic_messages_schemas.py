@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_val
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
+    SearchHookFields,
     ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
@@ -202,7 +203,7 @@ class _MessagesBase(_Request):
         return self
 
 
-class MessagesRequest(SamplingFields, ServingFields, _MessagesBase):
+class MessagesRequest(SamplingFields, SearchHookFields, ServingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
     max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
@@ -212,10 +213,6 @@ class MessagesRequest(SamplingFields, ServingFields, _MessagesBase):
     thinking: dict[str, Any] | None = Field(None, description="Accepted and ignored (Gemma 3 does not think aloud).")
     service_tier: str | None = Field(None, description="Accepted and ignored.")
     # gemma-local extensions (also the hosted API's own options).
-    web_search_linkup: bool | None = Field(
-        False, description="Search the web (or the offline index) with the latest user message and cite sources."
-    )
-    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
 
 
 class CountTokensRequest(_MessagesBase):

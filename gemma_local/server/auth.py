@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hmac
 
-from fastapi import Request
+from fastapi import APIRouter, Depends, Request
 
 from gemma_local.server.errors import AuthenticationError
 
@@ -45,3 +45,8 @@ def check_api_key(expected: str | None, request: Request) -> None:
 async def require_api_key(request: Request) -> None:
     """FastAPI dependency for every protected router."""
     check_api_key(request.app.state.runtime.settings.api_key, request)
+
+
+def protected_router(tag: str) -> APIRouter:
+    """A router whose every route needs the API key (when one is set); ``tag`` groups it in /docs."""
+    return APIRouter(dependencies=[Depends(require_api_key)], tags=[tag])

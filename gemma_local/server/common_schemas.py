@@ -96,6 +96,19 @@ def integral_numbers(*names: str) -> Callable[[Any], Any]:
     return convert
 
 
+class SearchHookFields(BaseModel):
+    """The search hook's switches (the hosted API's own options), on every API's request."""
+
+    web_search_linkup: bool | None = Field(
+        False, description="Search the web (or the offline index) with the latest user message and cite sources."
+    )
+    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
+
+    def search_hook(self) -> dict[str, bool]:
+        """The pipeline request's ``web_search`` and ``disable_formatting``."""
+        return {"web_search": bool(self.web_search_linkup), "disable_formatting": bool(self.disable_formatting)}
+
+
 class SamplingFields(BaseModel):
     """The sampling options every API's request takes, and what they mean to the engine.
 

@@ -183,15 +183,42 @@ class ErrorInfo:
         return self.kind.status
 
 
-def describe(exc: BaseException) -> ErrorInfo:
-    """Turn any exception into the fields every error envelope is built from."""
+def _anthropic_overflow(exc: ContextOverflowError) -> str:
+    # The hosted API's wording, which Claude Code parses (both numbers) to decide how much of
+    # the conversation to compact. M is the longest prompt accepted, so that N > M holds.
+    return f"prompt is too long: {exc.n_prompt_tokens} tokens > {exc.max_prompt_tokens} maximum"
+
+
+#: Messages an API's own clients read, written from the error's fields. Looked up by
+#: (type along the MRO, style); everything else uses the error's own message.
+STYLE_MESSAGES: Mapping[tuple[type[BaseException], str], Callable[[Any], str]] = {
+    (ContextOverflowError, "anthropic"): _anthropic_overflow,
+}
+
+
+def _style_message(exc: BaseException, style: str) -> str | None:
+    for cls in type(exc).__mro__:
+        render = STYLE_MESSAGES.get((cls, style))
+        if render is not None:
+            return render(exc)
+    return None
+
+
+def describe(exc: BaseException, style: str = "openai") -> ErrorInfo:
+    """Turn any exception into the fields every error envelope is built from.
+
+    Args:
+        exc: the failure.
+        style: the API reporting it, for the few errors whose message that API's clients parse
+            (``STYLE_MESSAGES``).
+    """
     if isinstance(exc, RequestValidationError):
         return _describe_validation(exc)
     if isinstance(exc, StarletteHTTPException):
         exc = _from_http_exception(exc)
     kind = kind_of(exc)
     if isinstance(exc, GemmaLocalError):
-        message, param, code = exc.message, exc.param, exc.code
+        message, param, code = _style_message(exc, style) or exc.message, exc.param, exc.code
     else:
         message, param, code = "The server had an error while processing your request.", None, "internal_error"
     headers: dict[str, str] = {}
@@ -312,13 +339,14 @@ def style_for_path(path: str) -> ErrorStyle:
 
 def error_body(exc: BaseException, style: ErrorStyle = "openai") -> dict[str, Any]:
     """The envelope for ``exc`` in an API's style (also used for mid-stream error events)."""
-    return _ENVELOPES[style](describe(exc))
+    return _ENVELOPES[style](describe(exc, style))
 
 
 def error_response(exc: BaseException, path: str) -> JSONResponse:
     """A complete HTTP error response for ``exc`` as the API at ``path`` reports it."""
-    info = describe(exc)
-    body = _ENVELOPES[style_for_path(path)](info)
+    style = style_for_path(path)
+    info = describe(exc, style)
+    body = _ENVELOPES[style](info)
     return JSONResponse(body, status_code=info.status, headers=info.headers)
 
 

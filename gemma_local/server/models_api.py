@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.convertors import Convertor, register_url_convertor
 
 from gemma_local.hub.tuning import is_instruction_tuned
-from gemma_local.server.auth import check_api_key, require_api_key
+from gemma_local.server.auth import check_api_key, protected_router
 from gemma_local.server.common_schemas import KeepAlive
 from gemma_local.server.runtime import get_models
 from gemma_local.serving import ModelManager, ModelState
@@ -42,7 +42,7 @@ class _ModelIdConvertor(Convertor[str]):
 # Starlette compiles a route's path when it is declared, so the convertor must be known first.
 register_url_convertor("model_id", _ModelIdConvertor())
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+router = protected_router("OpenAI")
 #: Load and unload: the admin key alone opens them (see :func:`require_admin_key`).
 admin_router = APIRouter(tags=["Models (extension)"])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart, Usage
 from gemma_local.engine.types import ImageRef, MessagePart
@@ -15,12 +15,14 @@ from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceResult,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     GenerationOutcome,
     OutputFormat,
     PipelineRequest,
     ToolChoice,
     ToolSpec,
+    TruncatedCall,
 )
 from gemma_local.pipeline.conversation import (
     assistant_message,
@@ -30,7 +32,7 @@ from gemma_local.pipeline.conversation import (
     replayed_call,
     split_stop,
 )
-from gemma_local.server.auth import require_api_key
+from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
 from gemma_local.server.openai_chat_schemas import (
     AssistantMessage,
@@ -56,7 +58,7 @@ from gemma_local.server.openai_chat_schemas import (
     ToolCall,
     TopLogprob,
 )
-from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
 from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_data
@@ -64,20 +66,18 @@ from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/chat/completions"
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+router = protected_router("OpenAI")
 
 
 @router.post(
     ENDPOINT,
     response_model=ChatCompletion,
     summary="Create a chat completion",
-    responses={
-        200: {
-            "description": "A chat.completion object; with `stream: true`, server-sent events instead: "
-            "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
-            "content": {"text/event-stream": {"schema": sse_event_schema(ChatCompletionChunk, done="[DONE]")}},
-        }
-    },
+    responses=streamed_or_whole(
+        "A chat.completion object; with `stream: true`, server-sent events instead: "
+        "`data: <chat.completion.chunk JSON>` events, then `data: [DONE]`.",
+        sse_event_schema(ChatCompletionChunk, done="[DONE]"),
+    ),
 )
 async def create_chat_completion(
     body: ChatCompletionRequest, request: Request, models: ModelManager = Depends(get_models)
@@ -165,8 +165,7 @@ def to_pipeline_request(body: ChatCompletionRequest) -> PipelineRequest:
         model=body.model,
         generation=generation,
         n=body.n or 1,
-        web_search=bool(body.web_search_linkup),
-        disable_formatting=bool(body.disable_formatting),
+        **body.search_hook(),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         parallel_tool_calls=body.parallel_tool_calls is not False,
@@ -200,16 +199,19 @@ def _usage(usage: Usage) -> CompletionUsage:
     )
 
 
-def _tool_call(call: EngineToolCall) -> ToolCall:
+def _tool_call(call: EngineToolCall | TruncatedCall) -> ToolCall:
     return ToolCall(id=call.id, function=FunctionCall(name=call.name, arguments=call.arguments_json))
 
 
 def _assistant_message(choice: ChoiceResult) -> AssistantMessage:
-    if not choice.tool_calls:
+    # A call cut by the token limit is one more call, its arguments as far as they got
+    # (finish_reason "length" says it is cut), as OpenAI reports it: never text.
+    calls = [*choice.tool_calls, *([choice.truncated_call] if choice.truncated_call else [])]
+    if not calls:
         return AssistantMessage(content=choice.text)
     # Only calls: content is null (the SDK's helpers tell a call-only answer by it).
     content = choice.text if choice.text.strip() else None
-    return AssistantMessage(content=content, tool_calls=[_tool_call(c) for c in choice.tool_calls])
+    return AssistantMessage(content=content, tool_calls=[_tool_call(c) for c in calls])
 
 
 def to_chat_completion(outcome: GenerationOutcome, *, logprobs: bool) -> ChatCompletion:
@@ -278,7 +280,7 @@ async def _chunks(generation: Generation, body: ChatCompletionRequest) -> AsyncI
                     )
                 ]
             )
-        elif isinstance(event, ChoiceToolCall):
+        elif isinstance(event, ChoiceToolCall | ChoiceTruncatedCall):
             # Id and name first, then the arguments, as OpenAI streams them.
             k = calls_made[event.index]
             calls_made[event.index] += 1

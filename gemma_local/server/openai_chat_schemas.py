@@ -26,6 +26,7 @@ from pydantic_core import CoreSchema
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
+    SearchHookFields,
     ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
@@ -263,7 +264,7 @@ class StreamOptions(_Request):
     include_obfuscation: bool | None = Field(None, description="Accepted; there is no obfuscation padding.")
 
 
-class ChatCompletionRequest(SamplingFields, ServingFields, _Request):
+class ChatCompletionRequest(SamplingFields, SearchHookFields, ServingFields, _Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
@@ -307,10 +308,6 @@ class ChatCompletionRequest(SamplingFields, ServingFields, _Request):
     response_format: ResponseFormat | None = Field(
         None, description="Structured output: json_object, or json_schema (grammar-constrained decoding)."
     )
-    web_search_linkup: bool | None = Field(
-        False, description="Search the web (or the offline index) with the latest user message and cite sources."
-    )
-    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
     # gemma-local extensions (llama.cpp sampling knobs the hosted API does not have).
     continue_final_message: bool | None = Field(
         False, description="Extension: continue a final assistant message instead of answering after it."

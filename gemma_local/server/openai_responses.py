@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import anyio.to_thread
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from gemma_local.engine import ChatMessage, GenerationRequest, TextPart
@@ -30,16 +30,10 @@ from gemma_local.pipeline import (
     ToolCall,
     ToolChoice,
     ToolSpec,
+    conversation,
 )
-from gemma_local.pipeline.conversation import (
-    assistant_message,
-    function_tool,
-    named_tool,
-    new_id,
-    replayed_call,
-    split_stop,
-)
-from gemma_local.server.auth import require_api_key
+from gemma_local.pipeline.conversation import assistant_message, new_id, replayed_call
+from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import ResourceNotFoundError
 from gemma_local.server.openai_responses_output import finish_response, replay_stream, response_base, stream_response
 from gemma_local.server.openai_responses_schemas import (
@@ -67,7 +61,7 @@ from gemma_local.server.openai_responses_schemas import (
     StoredItem,
     ToolChoiceFunction,
 )
-from gemma_local.server.openapi import sse_event_schema
+from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.responses_store import ResponseStore
 from gemma_local.server.routing import respond
 from gemma_local.server.runtime import acquire_model, get_models
@@ -81,7 +75,7 @@ _DAY_S = 86_400.0
 
 logger = logging.getLogger("gemma_local.server")
 
-router = APIRouter(dependencies=[Depends(require_api_key)], tags=["OpenAI"])
+router = protected_router("OpenAI")
 
 
 async def get_response_store(request: Request) -> ResponseStore:
@@ -115,13 +109,11 @@ def _not_found(response_id: str, param: str | None = None) -> ResourceNotFoundEr
     ENDPOINT,
     response_model=Response,
     summary="Create a response",
-    responses={
-        200: {
-            "description": "A response object; with `stream: true`, server-sent events instead: "
-            "`event: <type>` / `data: <JSON>` pairs from `response.created` to `response.completed`.",
-            "content": {"text/event-stream": {"schema": sse_event_schema(*STREAM_EVENTS)}},
-        }
-    },
+    responses=streamed_or_whole(
+        "A response object; with `stream: true`, server-sent events instead: "
+        "`event: <type>` / `data: <JSON>` pairs from `response.created` to `response.completed`.",
+        sse_event_schema(*STREAM_EVENTS),
+    ),
 )
 async def create_response(
     body: ResponseCreateRequest,
@@ -274,7 +266,8 @@ def stored_input_items(value: str | list[Any]) -> list[StoredItem]:
                     call_id=item.call_id,
                     name=item.name,
                     arguments=item.arguments,
-                    status="completed",
+                    # Only a call cut by the token limit keeps its status: it is not replayed.
+                    status="incomplete" if item.status == "incomplete" else "completed",
                 )
             )
         elif isinstance(item, FunctionCallOutputItemParam):
@@ -300,7 +293,8 @@ def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]
     calls: list[ToolCall] = []
     for item, param in zip(items, params, strict=True):
         if isinstance(item, FunctionCall):
-            calls.append(replayed_call(item.call_id, item.name, item.arguments, param=f"{param}.arguments"))
+            if item.status != "incomplete":  # a call cut by the token limit was never made
+                calls.append(replayed_call(item.call_id, item.name, item.arguments, param=f"{param}.arguments"))
             continue
         if calls:
             messages.append(assistant_message((), calls))
@@ -320,7 +314,7 @@ def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]
 def _tool_choice(body: ResponseCreateRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceFunction):
-        return named_tool(choice.name, tools)
+        return conversation.named_tool(choice.name, tools)
     return choice or "auto"
 
 
@@ -343,7 +337,7 @@ def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], pa
         items: the conversation: stored items of ``previous_response_id``'s chain, then ``input``'s.
         params: where each item came from, for errors (``input[2]``, ``previous_response_id``).
     """
-    tools = tuple(function_tool(t.name, t.description, t.parameters, t.strict) for t in body.tools or [])
+    tools = tuple(conversation.function_tool(t.name, t.description, t.parameters, t.strict) for t in body.tools or [])
     messages = to_messages(items, params)
     if body.instructions:
         messages.insert(0, ChatMessage.text("system", body.instructions))
@@ -352,7 +346,7 @@ def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], pa
         messages=tuple(messages),
         sampling=body.to_sampling(),
         max_tokens=body.max_output_tokens,
-        stop=split_stop(body.stop),
+        stop=conversation.split_stop(body.stop),
         logprobs=(body.top_logprobs or 0) if want_logprobs else None,
     )
     return PipelineRequest(
@@ -360,8 +354,7 @@ def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], pa
         request_id=new_id("resp_"),
         model=body.model,
         generation=generation,
-        web_search=bool(body.web_search_linkup),
-        disable_formatting=bool(body.disable_formatting),
+        **body.search_hook(),
         tools=tools,
         tool_choice=_tool_choice(body, tools),
         parallel_tool_calls=body.parallel_tool_calls is not False,

@@ -20,9 +20,11 @@ from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceResult,
     ChoiceToolCall,
+    ChoiceTruncatedCall,
     Generation,
     Grounding,
     ToolCall,
+    TruncatedCall,
 )
 from gemma_local.pipeline.conversation import new_id, replayed_call, sampling_params
 from gemma_local.server.errors import describe
@@ -126,7 +128,9 @@ def _usage(usage: Usage) -> ResponseUsage:
 
 
 def _function_call(
-    call: ToolCall, status: Literal["in_progress", "completed"], arguments: str | None = None
+    call: ToolCall | TruncatedCall,
+    status: Literal["in_progress", "completed", "incomplete"],
+    arguments: str | None = None,
 ) -> FunctionCall:
     return FunctionCall(
         id=call.id_for("fc_"),
@@ -155,7 +159,7 @@ def finish_response(
 ) -> Response:
     """The complete response object for a finished choice: its message, then its function calls."""
     output: list[OutputItem] = []
-    if choice.text or not choice.tool_calls:
+    if choice.text or not (choice.tool_calls or choice.truncated_call):
         part = OutputText(
             text=choice.text,
             logprobs=_logprobs(choice.logprobs) if want_logprobs else [],
@@ -164,6 +168,9 @@ def finish_response(
         status = "incomplete" if choice.finish_reason == "length" else "completed"
         output.append(OutputMessage(id=new_id("msg_"), status=status, content=[part]))
     output.extend(_function_call(call, "completed") for call in choice.tool_calls)
+    if choice.truncated_call is not None:
+        # Cut by the token limit: an incomplete call with its arguments so far, never text.
+        output.append(_function_call(choice.truncated_call, "incomplete"))
     return _finished(base, output, choice.finish_reason, choice.usage)
 
 
@@ -226,10 +233,12 @@ class _MessageStream:
         return item, events
 
 
-def _call_events(emit: _Events, call: ToolCall, index: int) -> list[bytes]:
+def _call_events(
+    emit: _Events, call: ToolCall | TruncatedCall, index: int, status: Literal["completed", "incomplete"]
+) -> list[bytes]:
     # The added item carries empty arguments: the SDK's helper appends every delta to them.
     added = _function_call(call, "in_progress", arguments="")
-    done = _function_call(call, "completed")
+    done = _function_call(call, status)
     where = {"item_id": added.id, "output_index": index}
     return [
         emit(OutputItemEvent, type="response.output_item.added", output_index=index, item=added),
@@ -251,8 +260,12 @@ def replay_events(response: Response) -> list[bytes]:
     ]
     for index, item in enumerate(response.output):
         if isinstance(item, FunctionCall):
-            call = replayed_call(item.call_id, item.name, item.arguments, param="output")
-            out += _call_events(emit, call, index)
+            if item.status == "incomplete":  # cut by the token limit: its arguments are not JSON
+                cut = TruncatedCall(id=item.call_id, name=item.name, arguments=item.arguments)
+                out += _call_events(emit, cut, index, "incomplete")
+            else:
+                call = replayed_call(item.call_id, item.name, item.arguments, param="output")
+                out += _call_events(emit, call, index, "completed")
             continue
         message = _MessageStream(emit, index, want_logprobs=False, item_id=item.id)
         text = "".join(part.text for part in item.content)
@@ -306,20 +319,20 @@ async def stream_response(
                     for chunk in message.open():
                         yield chunk
                 yield message.delta(event)
-            elif isinstance(event, ChoiceToolCall):
+            elif isinstance(event, ChoiceToolCall | ChoiceTruncatedCall):
+                # A call cut by the token limit is an incomplete function_call item, never text.
+                status = "completed" if isinstance(event, ChoiceToolCall) else "incomplete"
                 if message is not None:
-                    item, chunks = message.close("completed")
+                    item, chunks = message.close(status)
                     output.append(item)
                     message = None
                     for chunk in chunks:
                         yield chunk
-                for chunk in _call_events(emit, event.call, len(output)):
+                for chunk in _call_events(emit, event.call, len(output), status):
                     yield chunk
-                output.append(_function_call(event.call, "completed"))
+                output.append(_function_call(event.call, status))
             else:
-                status: Literal["completed", "incomplete"] = (
-                    "incomplete" if event.finish_reason == "length" else "completed"
-                )
+                status = "incomplete" if event.finish_reason == "length" else "completed"
                 if message is None and not output:
                     # No text and no call: the answer is still one (empty) message.
                     message = _MessageStream(emit, 0, want_logprobs, grounding=generation.grounding)

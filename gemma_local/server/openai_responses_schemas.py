@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
+    SearchHookFields,
     ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
@@ -246,7 +247,7 @@ class TextConfig(_Request):
 # --- request ----------------------------------------------------------------------------
 
 
-class ResponseCreateRequest(SamplingFields, ServingFields, _Request):
+class ResponseCreateRequest(SamplingFields, SearchHookFields, ServingFields, _Request):
     """``POST /v1/responses``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
@@ -276,10 +277,6 @@ class ResponseCreateRequest(SamplingFields, ServingFields, _Request):
     # Refused rather than ignored: a client relying on it would silently lose its context.
     conversation: None = Field(None, description="Not supported (no Conversations API): use previous_response_id.")
     # gemma-local extensions (also the hosted API's own options, through extra_body).
-    web_search_linkup: bool | None = Field(
-        False, description="Search the web (or the offline index) with the latest user message and cite sources."
-    )
-    disable_formatting: bool | None = Field(False, description="No 'Sources' footer on web-search answers.")
     stop: str | list[str] | None = Field(
         None, description="Extension (the hosted API's): stop sequences, an array or a comma-separated string."
     )

@@ -102,6 +102,12 @@ def sse_event_schema(*payloads: type[BaseModel], done: str | None = None, style:
     }
 
 
+def streamed_or_whole(description: str, stream_schema: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a generating route: JSON (its ``response_model``), or with
+    ``stream: true`` the server-sent events ``stream_schema`` describes."""
+    return {200: {"description": description, "content": {"text/event-stream": {"schema": stream_schema}}}}
+
+
 def _route_needs(route: APIRoute, dependency: object) -> bool:
     stack = list(route.dependant.dependencies)
     while stack:
