@@ -69,6 +69,7 @@ class Pipeline:
         limits: the output cap and the other per-request limits.
         image_policy: how images named by URL or base64 are loaded (sizes, remote fetching).
         search_chain: the search hook's providers (default: built from settings on first use).
+        models: the ids it answers to (default: the engine's own, its family's and the hosted id).
     """
 
     def __init__(
@@ -77,13 +78,14 @@ class Pipeline:
         limits: RequestLimits | None = None,
         image_policy: ImagePolicy | None = None,
         search_chain: ProviderChain | None = None,
+        models: ServedModels | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits or RequestLimits(default_seed=engine.default_seed)
         self.image_policy = image_policy or ImagePolicy()
         self._search_chain = search_chain
         self.info = engine.info
-        self.models = ServedModels(engine.model_id, self.info.metadata)
+        self.models = models or ServedModels(engine.model_id, self.info.metadata)
 
     def check_model(self, requested: str) -> str:
         """``requested`` if the loaded model answers to it.

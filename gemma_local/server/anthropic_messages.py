@@ -28,7 +28,6 @@ from gemma_local.pipeline import (
     GenerationOutcome,
     HostedSearch,
     OutputFormat,
-    Pipeline,
     PipelineFinishReason,
     PipelineRequest,
     SearchResult,
@@ -78,8 +77,9 @@ from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
 from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_event
+from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/messages"
 #: A stream silent this long (a long prompt being read) gets a ``ping``, so proxies keep it open.
@@ -99,21 +99,29 @@ router = protected_router("Anthropic")
         sse_event_schema(*STREAM_EVENTS, style="anthropic"),
     ),
 )
-async def create_message(body: MessagesRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)) -> Any:
+async def create_message(body: MessagesRequest, request: Request, models: ModelManager = Depends(get_models)) -> Any:
     """Generate the next assistant message of a conversation, whole or streamed."""
+    pipeline_request = to_pipeline_request(body)  # a malformed body is refused before any model loads
     return await respond(
         request,
-        pipeline,
-        to_pipeline_request(body),
+        await acquire_model(request, models, body.model, body.keep_alive),
+        pipeline_request,
         stream=stream_message if body.stream else None,
         whole=lambda _, outcome: to_message(outcome),
     )
 
 
 @router.post(ENDPOINT + "/count_tokens", response_model=TokenCount, summary="Count the tokens of a message")
-async def count_tokens(body: CountTokensRequest, pipeline: Pipeline = Depends(get_pipeline)) -> TokenCount:
+async def count_tokens(
+    body: CountTokensRequest, request: Request, models: ModelManager = Depends(get_models)
+) -> TokenCount:
     """The prompt tokens a Messages request with this conversation would have (images included)."""
-    return TokenCount(input_tokens=await pipeline.count_tokens(to_pipeline_request(body)))
+    pipeline_request = to_pipeline_request(body)
+    lease = await acquire_model(request, models, body.model)
+    try:
+        return TokenCount(input_tokens=await lease.pipeline.count_tokens(pipeline_request))
+    finally:
+        lease.release()
 
 
 # --- request translation -----------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_val
 from gemma_local.server.common_schemas import (
     SamplingFields,
     SearchHookFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -232,7 +233,7 @@ class _MessagesBase(_Request):
         json_schema_extra=forced_choice_needs_tools({"properties": {"type": {"enum": ["any", "tool"]}}})
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     messages: list[MessageParam] = Field(min_length=1)
     system: SystemContent | None = Field(None, description="Instructions, as text or text blocks.")
     tools: list[AnyToolParam] | None = Field(
@@ -265,7 +266,7 @@ class _MessagesBase(_Request):
         return self
 
 
-class MessagesRequest(SamplingFields, SearchHookFields, _MessagesBase):
+class MessagesRequest(SamplingFields, SearchHookFields, ServingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
     max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")

@@ -26,7 +26,6 @@ from gemma_local.pipeline import (
     Generation,
     GenerationOutcome,
     OutputFormat,
-    Pipeline,
     PipelineRequest,
     ToolCall,
     conversation,
@@ -70,8 +69,9 @@ from gemma_local.server.openai_responses_tools import ResponsesTools, responses_
 from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.responses_store import ResponseStore
 from gemma_local.server.routing import respond
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_response
+from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/responses"
 #: ``include`` value that asks for token logprobs in ``output_text`` parts.
@@ -123,7 +123,7 @@ def _not_found(response_id: str, param: str | None = None) -> ResourceNotFoundEr
 async def create_response(
     body: ResponseCreateRequest,
     request: Request,
-    pipeline: Pipeline = Depends(get_pipeline),
+    models: ModelManager = Depends(get_models),
     store: ResponseStore = Depends(get_response_store),
 ) -> Any:
     """Generate a model response to input items, continuing a stored one if asked; whole or streamed."""
@@ -159,13 +159,11 @@ async def create_response(
         base = response_base(body, generation)
         return await keep(finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding, tools))
 
-    return await respond(
-        request,
-        pipeline,
-        to_pipeline_request(body, items, params, tools),
-        stream=stream if body.stream else None,
-        whole=whole,
-    )
+    # The stored conversation is text, so a response continued with another model is simply
+    # prefilled again by that model (no KV cache is shared between models).
+    pipeline_request = to_pipeline_request(body, items, params, tools)
+    lease = await acquire_model(request, models, body.model, body.keep_alive)
+    return await respond(request, lease, pipeline_request, stream=stream if body.stream else None, whole=whole)
 
 
 @router.get(

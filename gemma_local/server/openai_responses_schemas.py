@@ -24,6 +24,7 @@ from pydantic import (
 from gemma_local.server.common_schemas import (
     SamplingFields,
     SearchHookFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -360,14 +361,14 @@ class TextConfig(_Request):
 # --- request ----------------------------------------------------------------------------
 
 
-class ResponseCreateRequest(SamplingFields, SearchHookFields, _Request):
+class ResponseCreateRequest(SamplingFields, SearchHookFields, ServingFields, _Request):
     """``POST /v1/responses``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
         json_schema_extra=forced_choice_needs_tools({"anyOf": [{"const": "required"}, {"type": "object"}]})
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     input: Input = Field(description="A user message, or a list of input items.")
     instructions: str | None = Field(None, description="A system message for this response (not inherited).")
     previous_response_id: str | None = Field(None, description="Continue from a stored response.")
