@@ -34,6 +34,7 @@ from gemma_local.errors import (
     ModelLoadError,
     ModelNotFoundError,
     ServerBusyError,
+    WorkerLostError,
 )
 
 logger = logging.getLogger("gemma_local.server")
@@ -147,6 +148,7 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorKind] = {
     ),
     EngineNotReadyError: ErrorKind(503, "server_error", "overloaded_error", retry_after=5),
     EngineClosedError: ErrorKind(503, "server_error", "overloaded_error", retry_after=5),
+    WorkerLostError: ErrorKind(503, "server_error", "api_error", retryable=False),
     ModelLoadError: ErrorKind(503, "server_error", "api_error", retryable=False),
     GenerationError: ErrorKind(500, "server_error", "api_error"),
     GemmaLocalError: ErrorKind(500, "server_error", "api_error", retryable=False),
