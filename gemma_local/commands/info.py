@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, plan_for
+from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, plan_for, rpc_workers
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -59,8 +59,11 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     settings = engine_settings(**engine_flags)
     resolved = resolve_model(settings.model)
     shape = ModelShape.from_gguf(resolved.path)
+    workers = rpc_workers(settings)
     machine = MachineMemory.detect()
-    chosen = plan_for(settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine)
+    chosen = plan_for(
+        settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine, workers=workers
+    )
     big = load_catalog().models["gemma-3-27b"]
     gemma_3_27b = big.shape("Gemma 3 27B (QAT Q4_0)", big.quants["qat"].approx_bytes)
     ctxs = sorted({c for c in (4096, 32768, shape.n_ctx_train) if c <= shape.n_ctx_train})
@@ -132,6 +135,14 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")
+    if chosen.split is not None:
+        click.echo("Split over devices (--rpc)")
+        click.echo(f"  {'device':<30} {'layers':>6}  {'weights':>10}  {'KV':>10}  {'compute':>10}  {'usable':>10}")
+        for row in chosen.split.devices:
+            click.echo(
+                f"  {row.name:<30} {len(row.layers):>6}  {_gib(row.weights):>10}  {_gib(row.kv):>10}  "
+                f"{_gib(row.compute):>10}  {_gib(row.budget):>10}" + ("" if row.fits else "  DOES NOT FIT")
+            )
     for title, rows in (
         (f"KV cache for one slot of {mo['id']}", result["kv_cost"]),
         ("Gemma 3 27B, one slot of 128K tokens", result["gemma_3_27b_at_128k"]),
