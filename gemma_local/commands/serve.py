@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,12 +25,17 @@ from gemma_local.cli_support import (
     settings_from_flags,
 )
 from gemma_local.commands.search_options import search_options, search_settings
+from gemma_local.errors import WorkerLostError
 from gemma_local.settings import EngineSettings, SearchSettings, ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
 
 #: After the grace period, how long uvicorn still waits before cancelling what is left.
 SHUTDOWN_BACKSTOP_S = 5.0
+#: A lost RPC worker: how long /health reports "degraded" before the server exits.
+WORKER_LOST_EXIT_S = 5.0
+#: Exit status of a server that stopped because an RPC worker was lost (restart it to reconnect).
+EXIT_WORKER_LOST = 3
 
 
 def best_local_model() -> str | None:
@@ -111,6 +118,7 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
 
     search_chain = default_chain(search)
     resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
+    _check_workers(eng_settings)
     echo_base_model_notice(resolved)
     if not is_loopback(settings.host) and not settings.api_key:
         click.secho(
@@ -129,14 +137,53 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
         if server is not None:
             server.should_exit = True
 
-    app = create_app(
-        lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
-    )
+    def load() -> Any:
+        engine = open_engine(eng_settings, announce=True)
+        engine.on_worker_lost = lambda error: _worker_lost(app.state.runtime, error, stop)
+        return engine
+
+    app = create_app(load, settings, on_load_failure=stop, search_chain=search_chain)
     server = _announcing_server(app, settings.host, settings.port, resolved.id, settings.shutdown_grace)
     server.run()
     if failures:
         error = failures[0]
+        if isinstance(error, WorkerLostError):
+            # The engine's thread is stuck inside llama.cpp for good: leave without the usual
+            # interpreter teardown, which could wait on it.
+            click.echo(f"gemma-local: stopped: {error.message}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_WORKER_LOST)
         raise CliError(f"The model failed to load: {getattr(error, 'message', error)}") from error
+
+
+def _check_workers(eng_settings: EngineSettings) -> None:
+    """An RPC build, and every --rpc worker answering, before the server starts (one clear line if not)."""
+    if not eng_settings.rpc:
+        return
+    from gemma_local.engine import rpc
+
+    rpc.require()
+    for endpoint in rpc.parse_endpoints(eng_settings.rpc):
+        rpc.probe(endpoint)
+
+
+def _worker_lost(runtime: Any, error: WorkerLostError, stop: Any) -> None:
+    """Requests in flight have failed with ``error``; report degraded, then stop (exit status 3).
+
+    llama.cpp cannot move the lost worker's layers elsewhere, and the engine's thread never
+    comes back from it, so the server does not reconnect: it exits non-zero for a supervisor
+    (systemd, a container runtime) to restart it once the worker is back.
+    """
+    runtime.degrade(error)
+    click.echo(
+        f"gemma-local: {error.message} /health reports degraded; exiting with status {EXIT_WORKER_LOST} "
+        f"in {WORKER_LOST_EXIT_S:g}s.",
+        err=True,
+    )
+    timer = threading.Timer(WORKER_LOST_EXIT_S, stop, args=(error,))
+    timer.daemon = True
+    timer.start()
 
 
 def _announcing_server(app: Any, host: str, port: int, model_id: str, grace_s: float) -> Any:

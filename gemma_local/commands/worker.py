@@ -69,6 +69,9 @@ def worker(**flags: Any) -> None:
             bold=True,
             err=True,
         )
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM: ggml's loop cannot be interrupted, the process ends
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     for d in devices:
         click.echo(f"gemma-local worker: offering {d.name} ({d.description}): {_gib(d.free)} free of {_gib(d.total)}")
     endpoint = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
@@ -82,9 +85,6 @@ def worker(**flags: Any) -> None:
         daemon=True,  # ggml's loop never returns: the process ends it
     )
     server.start()
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set() and server.is_alive():
         stop.wait(0.5)
     if not stop.is_set():

@@ -33,6 +33,7 @@ import logging
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -324,13 +325,22 @@ def watch_for_loss(endpoints: Sequence[str], listener: LossListener) -> None:
         base.ggml_set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))
 
 
-def _lost_endpoint() -> str | None:
-    for endpoint in _endpoints_in_use:
-        try:
-            probe(endpoint, timeout=2.0)
-        except WorkerUnreachableError:
-            return endpoint
-    return None
+def _lost_endpoint(within_s: float = 3.0) -> str | None:
+    # The dead worker's port refuses connections, but not always at the very moment its
+    # connection dropped (the kernel tears a process down in steps): ask a few times.
+    deadline = time.monotonic() + within_s
+    while True:
+        for endpoint in _endpoints_in_use:
+            try:
+                with socket.create_connection(_split(endpoint), timeout=1.0):
+                    pass
+            except TimeoutError:
+                continue  # a live worker busy with us may leave a probe waiting: not proof of loss
+            except OSError:  # refused, or the host is gone
+                return endpoint
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def _on_abort(message: bytes | None) -> None:

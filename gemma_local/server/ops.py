@@ -16,7 +16,7 @@ router = APIRouter(tags=["Operations"])
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "failed", "stopping", "closed"]
+    status: Literal["ok", "loading", "degraded", "failed", "stopping", "closed"]
     model: str | None = None
     slots: int | None = None
     active: int | None = None
@@ -28,7 +28,12 @@ class Health(BaseModel):
     "/health",
     response_model=Health,
     summary="Readiness",
-    responses={503: {"model": Health, "description": "The model is loading, failed to load, or shutting down."}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "The model is loading, failed to load, degraded (an RPC worker was lost), or shutting down.",
+        }
+    },
 )
 async def health(request: Request) -> JSONResponse:
     """200 once the model is loaded and serving; 503 before that. Needs no API key."""

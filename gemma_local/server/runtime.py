@@ -25,11 +25,12 @@ class Runtime:
     """The app's mutable state. The engine loads on a background thread; routes check ``pipeline``.
 
     Status: ``loading`` → ``ready`` (or ``failed``) → ``stopping`` (shutdown began: new requests
-    get 503, those running go on) → ``closed``.
+    get 503, those running go on) → ``closed``. ``degraded``: the engine can no longer generate
+    (an RPC worker holding part of the model was lost); requests get that error (503).
     """
 
     settings: ServerSettings
-    status: Literal["loading", "ready", "failed", "stopping", "closed"] = "loading"
+    status: Literal["loading", "ready", "degraded", "failed", "stopping", "closed"] = "loading"
     engine: EngineLike | None = None
     pipeline: Pipeline | None = None
     error: BaseException | None = None
@@ -68,6 +69,13 @@ class Runtime:
             self.error = error
             if self.status != "closed":
                 self.status = "failed"
+
+    def degrade(self, error: BaseException) -> None:
+        """The engine lost part of itself (an RPC worker): answer ``error`` (503) from now on."""
+        with self._lock:
+            self.error = error
+            if self.status == "ready":
+                self.status = "degraded"
 
     def stop_accepting(self) -> None:
         """Shutdown has begun: new requests are refused (503, Retry-After); running ones go on."""
@@ -109,6 +117,8 @@ async def get_pipeline(request: Request) -> Pipeline:
     pipeline = runtime.pipeline
     if pipeline is not None and runtime.status == "ready":
         return pipeline
+    if runtime.status == "degraded" and runtime.error is not None:
+        raise runtime.error.with_traceback(None)  # e.g. WorkerLostError: 503, not retryable
     if runtime.status == "failed":
         # Not retryable: the server must be restarted with another model or settings.
         raise ModelLoadError(f"The model failed to load: {getattr(runtime.error, 'message', runtime.error)}")
