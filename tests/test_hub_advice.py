@@ -21,11 +21,11 @@ from hub_fake import FakeFile, FakeHub, gguf_model
 from gemma_local.hub import embedded
 from gemma_local.hub.advice import PullAdvice, base_model_notice, recommend_pull
 from gemma_local.hub.catalog import load_catalog
-from gemma_local.memory import GIB, MachineMemory
 from gemma_local.hub.plan import plan_pull
 from gemma_local.hub.remote import HubClient
 from gemma_local.hub.resolve import ResolvedModel
 from gemma_local.hub.tuning import file_instruction_tuned, is_instruction_tuned
+from gemma_local.memory import GIB, MachineMemory
 
 EMBEDDED = ResolvedModel(id=embedded.EMBEDDED_NAME, path=Path("not-read"), embedded=True)
 NOTICE = re.compile(
@@ -223,7 +223,8 @@ def test_embedded_model_gets_the_notice_on_stderr_only(model_path: Path) -> None
     assert match, line
     # pull's memory rule on this machine; free memory moves between two measurements, so allow a band.
     measured = MachineMemory.detect().available_ram
-    assert match["model"] in {recommend_pull(MachineMemory.assume(int(measured * f), "t")).model for f in (0.8, 1, 1.25)}
+    bands = (0.8, 1, 1.25)
+    assert match["model"] in {recommend_pull(MachineMemory.assume(int(measured * f), "t")).model for f in bands}
     assert "note:" not in plain.stdout
 
     as_json = run_cli(*GENERATE, "--json")
