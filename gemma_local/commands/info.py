@@ -50,6 +50,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     """
     import psutil
 
+    from gemma_local.engine import rpc
     from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory, ModelShape
@@ -78,6 +79,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             "vram_free_bytes": machine.vram_free,
             "gpus": [{"total_bytes": g.total, "free_bytes": g.free} for g in machine.gpus],
             "unified_memory": machine.unified,
+            "rpc_backend": rpc.supported(),
             "plan_budget_bytes": machine.budget,
             "plan_budget": machine.describe_budget(),
         },
@@ -115,6 +117,10 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     elif machine.unified and machine.gpu_backend:
         gpu += ", Metal (unified memory)"
     click.echo(f"  GPU offload      {gpu}")
+    click.echo(
+        "  RPC backend      "
+        + ("yes (gemma-local worker, --rpc)" if m["rpc_backend"] else "no: `make install` rebuilds with GGML_RPC=ON")
+    )
     click.echo(f"  usable by a plan {_gib(machine.budget)} ({machine.describe_budget()})")
     click.echo(f"Model {mo['id']}  ({mo['path']})")
     click.echo(f"  architecture     {mo['architecture']}, {mo['name']}")
