@@ -202,6 +202,7 @@ class Engine:
         Blocks until the scheduler thread has stopped (after its current micro-batch at most):
         nothing is freed while it may still be inside llama.cpp.
         """
+        rpc.unwatch(self._worker_lost)
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
             self._scheduler = None

@@ -154,6 +154,9 @@ class LlamaModel:
         if params.rpc_servers:
             # Registered devices are what llama.cpp's loader splits layers over (RPC ones first).
             rpc.add_workers(params.rpc_servers)
+        self._devices = rpc.model_devices(params.rpc_servers)
+        if self._devices is not None:
+            model_params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         if params.tensor_split:
             self._tensor_split = (ctypes.c_float * llama_cpp.llama_max_devices())(*params.tensor_split)
             model_params.tensor_split = self._tensor_split

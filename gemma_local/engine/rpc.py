@@ -47,10 +47,12 @@ __all__ = [
     "WorkerDevice",
     "add_workers",
     "local_devices",
+    "model_devices",
     "parse_endpoints",
     "probe",
     "serve",
     "supported",
+    "unwatch",
     "watch_for_loss",
 ]
 
@@ -187,9 +189,10 @@ class WorkerDevice:
 
     endpoint: str
     index: int
-    name: str  # llama.cpp's name, e.g. "RPC0": the log's buffer lines use it
+    name: str  # llama.cpp's device name, e.g. "RPC0" (its buffers are "RPC<index>[endpoint]")
     free: int
     total: int
+    handle: int = 0  # the ggml device
 
 
 @dataclass(frozen=True)
@@ -240,18 +243,46 @@ def add_workers(endpoints: Sequence[str], *, timeout: float = PROBE_TIMEOUT_S) -
                     dev = base.ggml_backend_reg_dev_get(reg, i)
                     ggml.ggml_backend_device_register(dev)
                     name = base.ggml_backend_dev_name(dev).decode()
-                    found.append(WorkerDevice(endpoint, i, name, 0, 0))
+                    found.append(WorkerDevice(endpoint, i, name, 0, 0, dev))
                 _registered[endpoint] = tuple(found)
             for d in _registered[endpoint]:
                 free, total = ctypes.c_size_t(0), ctypes.c_size_t(0)
                 rpc.ggml_backend_rpc_get_device_memory(
                     endpoint.encode(), d.index, ctypes.byref(free), ctypes.byref(total)
                 )
-                devices.append(WorkerDevice(d.endpoint, d.index, d.name, free.value, total.value))
+                devices.append(WorkerDevice(d.endpoint, d.index, d.name, free.value, total.value, d.handle))
     return devices
 
 
 _DEVICE_TYPE_NAMES = {0: "cpu", 1: "gpu", 2: "igpu", 3: "accel"}
+
+
+def model_devices(endpoints: Sequence[str]) -> ctypes.Array | None:
+    """The devices a model is to use (``llama_model_params.devices``), or None for llama.cpp's choice.
+
+    ggml cannot forget a registered device, and llama.cpp's default is *every* registered
+    device: once a worker was added in this process, a model that does not name it (or names
+    other workers) must list its devices itself, or llama.cpp would reach for every worker
+    ever added, gone or not. Order as llama.cpp's own: the workers', then local GPUs (else
+    integrated GPUs).
+    """
+    with _register_lock:
+        if not _registered:
+            return None
+        handles = [d.handle for endpoint in endpoints for d in _registered.get(endpoint, ())]
+    base, ggml, _ = _ggml()
+    gpus, igpus = [], []
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        kind = _DEVICE_TYPE_NAMES.get(base.ggml_backend_dev_type(dev))
+        if base.ggml_backend_dev_name(dev).startswith(b"RPC"):
+            continue
+        if kind == "gpu":
+            gpus.append(dev)
+        elif kind == "igpu":
+            igpus.append(dev)
+    handles += gpus or igpus
+    return (ctypes.c_void_p * (len(handles) + 1))(*handles, None)
 
 
 def local_devices() -> list[LocalDevice]:
@@ -323,6 +354,12 @@ def watch_for_loss(endpoints: Sequence[str], listener: LossListener) -> None:
     if _abort_callback is None:
         _abort_callback = ctypes.CFUNCTYPE(None, ctypes.c_char_p)(_on_abort)
         base.ggml_set_abort_callback(ctypes.cast(_abort_callback, ctypes.c_void_p))
+
+
+def unwatch(listener: LossListener) -> None:
+    """Stop calling ``listener`` (its engine is closed)."""
+    if listener in _listeners:
+        _listeners.remove(listener)
 
 
 def _lost_endpoint(within_s: float = 3.0) -> str | None:
