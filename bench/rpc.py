@@ -8,7 +8,8 @@ machine. Three engines are resident in this process and the rounds interleave th
 - ``local-repacked``: the default local setup (weights repacked for this CPU), for context;
 - ``rpc-2``: every layer on two ``gemma-local worker`` processes on 127.0.0.1 (split by free memory).
 
-Speeds come from the engine's own timings (prompt and decode phases); bytes per token are
+Speeds come from the engine's own timings (prompt: tokens / time to first token; decode:
+the steps after it); bytes per token are
 read from the kernel's TCP counters of this process's connections to the workers (TCP_INFO:
 bytes acked + bytes received), so other loopback traffic on the machine does not count.
 
@@ -88,12 +89,10 @@ def run_once(engine, tokens: int) -> tuple[int, int, float, float]:
     result = engine.generate(GenerationRequest(prompt=PROMPT, sampling=sampling, max_tokens=tokens))
     n_prompt, n_gen = result.usage.prompt_tokens, result.usage.completion_tokens
     decode_tokens = max(n_gen - 1, 0)  # the first token is sampled at the end of the prompt phase
-    return (
-        n_prompt,
-        n_gen,
-        result.timings.prompt_tokens_per_s(n_prompt),
-        result.timings.generation_tokens_per_s(decode_tokens),
-    )
+    # Prompt speed from the time to the first token: the RPC backend computes asynchronously,
+    # so llama_decode returns before a split prompt is done and only reading the logits waits.
+    ttft = result.timings.time_to_first_token_s
+    return n_prompt, n_gen, n_prompt / ttft if ttft else 0.0, result.timings.generation_tokens_per_s(decode_tokens)
 
 
 def main() -> None:
