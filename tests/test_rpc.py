@@ -29,7 +29,7 @@ from test_faults import serve_process, stream_in_thread
 
 from gemma_local.engine import rpc
 
-pytestmark = pytest.mark.skipif(
+needs_rpc = pytest.mark.skipif(
     not rpc.supported(),
     reason="llama-cpp-python was built without GGML_RPC=ON: `make install` rebuilds it",
 )
@@ -151,6 +151,7 @@ def _greedy(engine) -> tuple[str, list[tuple[int, ...]]]:
     return result.text, [lp.bytes for lp in result.logprobs]
 
 
+@needs_rpc
 def test_split_over_two_workers_is_token_identical_and_allocated_as_planned(two_workers, model_path) -> None:
     from gemma_local.cli_support import plan_for, rpc_workers
     from gemma_local.engine import ContextParams, Engine
@@ -178,6 +179,7 @@ def test_split_over_two_workers_is_token_identical_and_allocated_as_planned(two_
         assert abs(got["KV"] - row.kv) <= 0.10 * got["KV"], (row, got)
 
 
+@needs_rpc
 def test_info_shows_the_plan_per_worker(two_workers, model_path) -> None:
     endpoints = ",".join(w.endpoint for w in two_workers)
     out = subprocess.run(
@@ -194,6 +196,7 @@ def test_info_shows_the_plan_per_worker(two_workers, model_path) -> None:
     assert sum(len(d["layers"]) for d in split["devices"]) == 19
 
 
+@needs_rpc
 def test_unreachable_worker_is_one_clear_line(model_path) -> None:
     port = free_port()  # nothing listens there
     for command in (["generate", "hi"], ["serve", "--port", "0"]):
@@ -208,6 +211,7 @@ def test_unreachable_worker_is_one_clear_line(model_path) -> None:
         assert len(lines) == 1 and f"RPC worker 127.0.0.1:{port} is unreachable" in lines[0], done.stderr
 
 
+@needs_rpc
 def test_worker_warns_loudly_off_loopback() -> None:
     port = free_port()
     proc = subprocess.Popen(
@@ -228,6 +232,7 @@ def test_worker_warns_loudly_off_loopback() -> None:
         assert proc.wait(10) == 0
 
 
+@needs_rpc
 def test_killed_worker_fails_requests_cleanly_and_the_server_exits_3(model_path) -> None:
     with workers(2) as (first, second):
         args = ("-m", str(model_path), "--rpc", f"{first.endpoint},{second.endpoint}")
