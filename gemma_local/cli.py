@@ -34,6 +34,7 @@ def _register_commands() -> None:
     from gemma_local.commands.ps import ps
     from gemma_local.commands.pull import pull
     from gemma_local.commands.serve import serve
+    from gemma_local.commands.worker import worker
 
     main.add_command(generate)
     main.add_command(chat)
@@ -43,6 +44,7 @@ def _register_commands() -> None:
     main.add_command(info)
     main.add_command(serve)
     main.add_command(ps)
+    main.add_command(worker)
 
 
 _register_commands()

@@ -9,10 +9,11 @@ settings object applies ``GEMMA_LOCAL_*`` and the defaults (flag > env > default
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -24,6 +25,7 @@ from gemma_local.errors import GemmaLocalError, ModelLoadError
 from gemma_local.settings import AppSettings, EngineSettings, env_var
 
 if TYPE_CHECKING:  # the planner is imported when a command needs it, not at CLI start-up
+    from gemma_local.engine.rpc import WorkerDevice
     from gemma_local.hub.resolve import ResolvedModel
     from gemma_local.memory import MachineMemory, Plan
 
@@ -172,6 +174,8 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         setting_option(EngineSettings, "flash_attn"),
         setting_option(EngineSettings, "swa_full"),
         setting_option(EngineSettings, "gpu_layers"),
+        setting_option(EngineSettings, "rpc", metavar="HOST:PORT[,...]"),
+        setting_option(EngineSettings, "tensor_split", metavar="SHARES"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -187,6 +191,19 @@ def engine_settings(**flags: Any) -> EngineSettings:
     return settings_from_flags(EngineSettings, flags)
 
 
+def rpc_workers(settings: EngineSettings) -> list[WorkerDevice]:
+    """The devices of the ``--rpc`` workers, registered with llama.cpp, with their free memory now.
+
+    Raises:
+        WorkerUnreachableError: a worker does not answer (named in the message).
+        RpcNotBuiltError: llama.cpp was built without RPC (the message says how to rebuild).
+    """
+    from gemma_local.engine import rpc
+
+    endpoints = rpc.parse_endpoints(settings.rpc)
+    return rpc.add_workers(endpoints) if endpoints else []
+
+
 def plan_for(
     settings: EngineSettings,
     model_path: str | os.PathLike[str],
@@ -194,6 +211,7 @@ def plan_for(
     mmproj_path: str | os.PathLike[str] | None = None,
     default_parallel: int | None = None,
     machine: MachineMemory | None = None,
+    workers: Sequence[WorkerDevice] = (),
 ) -> Plan:
     """The memory plan for this model under these settings (user choices kept, the rest fitted).
 
@@ -203,12 +221,18 @@ def plan_for(
         mmproj_path: the vision projector that will be loaded beside it, if any.
         default_parallel: slots to use when the user set none.
         machine: the memory to plan for (default: this machine, detected now).
+        workers: RPC workers' devices (:func:`rpc_workers`): their memory counts, and the plan
+            says which layers each holds (``Plan.split``).
     """
-    from gemma_local.memory import MachineMemory, ModelShape, plan
+    from gemma_local.memory import GpuMemory, MachineMemory, ModelShape, plan
 
-    return plan(
-        ModelShape.from_gguf(model_path),
-        machine or MachineMemory.detect(),
+    machine = machine or MachineMemory.detect()
+    if workers:
+        machine = dataclasses.replace(machine, workers=tuple(GpuMemory(w.total, w.free) for w in workers))
+    shape = ModelShape.from_gguf(model_path)
+    chosen = plan(
+        shape,
+        machine,
         ctx=settings.ctx,
         parallel=settings.parallel or default_parallel,
         kv_type=settings.kv_type,
@@ -217,6 +241,36 @@ def plan_for(
         n_ubatch=settings.n_ubatch,
         # A missing projector file is the engine's error to report, with its own message.
         projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
+    )
+    if not workers:
+        return chosen
+    return _with_split(settings, model_path, shape, chosen, machine, workers)
+
+
+def _with_split(settings, model_path, shape, chosen: Plan, machine: MachineMemory, workers) -> Plan:
+    from gemma_local.memory.split import LayerWeights, SplitDevice, local_gpu_devices, parse_tensor_split, plan_split
+
+    devices = [SplitDevice(f"RPC{w.index}[{w.endpoint}]", w.endpoint, w.free, w.total) for w in workers]
+    devices += local_gpu_devices(machine.gpus) if machine.gpu_backend else []
+    try:
+        shares = parse_tensor_split(settings.tensor_split, len(devices))
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    split = plan_split(
+        LayerWeights.from_gguf(model_path),
+        shape,
+        chosen.estimate,
+        devices,
+        cpu_budget=machine.ram_budget,
+        shares=shares,
+        gpu_layers=settings.gpu_layers,
+    )
+    return dataclasses.replace(
+        chosen,
+        gpu_layers=split.gpu_layers,
+        fits=chosen.fits and split.fits,
+        reasons=[*chosen.reasons, *split.reasons],
+        split=split,
     )
 
 
@@ -236,11 +290,12 @@ def check_memory(model_id: str, chosen: Plan, machine: MachineMemory) -> None:
     """
     from gemma_local.memory import GIB
 
-    limit = machine.total_ram + (machine.vram_total or 0)
+    limit = machine.total_ram + (machine.vram_total or 0) + sum(w.total for w in machine.workers)
     need = chosen.estimate.total
     if need <= limit:
         return
     where = "RAM and GPU memory" if machine.vram_total else "RAM"
+    where += " (with its RPC workers)" if machine.workers else ""
     raise ModelLoadError(
         f"Not enough memory to load {model_id} with {chosen.ctx} tokens × {chosen.parallel} slot(s) and a "
         f"{chosen.kv_type} KV cache: that needs about {need / GIB:.1f} GiB and this machine has "
@@ -267,12 +322,17 @@ def open_engine(
     """
     from gemma_local.engine import ContextParams, Engine
     from gemma_local.hub.resolve import resolve_model
-    from gemma_local.memory import MachineMemory
+    from gemma_local.memory import GpuMemory, MachineMemory
 
     resolved = resolve_model(settings.model)
+    workers = rpc_workers(settings)
     machine = machine or MachineMemory.detect()
     mmproj = settings.mmproj or resolved.mmproj
-    chosen = plan_for(settings, resolved.path, mmproj_path=mmproj, default_parallel=default_parallel, machine=machine)
+    chosen = plan_for(
+        settings, resolved.path, mmproj_path=mmproj, default_parallel=default_parallel, machine=machine, workers=workers
+    )
+    if workers:
+        machine = dataclasses.replace(machine, workers=tuple(GpuMemory(w.total, w.free) for w in workers))
     if announce:
         click.echo(
             f"Model {resolved.id}: {chosen.parallel} slot(s) × {chosen.ctx} tokens, {chosen.kv_type} KV cache, "
@@ -281,6 +341,12 @@ def open_engine(
         )
         for reason in chosen.reasons:
             click.echo(f"  {reason}", err=True)
+        for row in chosen.split.devices if chosen.split else ():
+            click.echo(
+                f"  {row.name:<28} {len(row.layers):>3} layers  {row.total / 2**30:6.2f} GiB of "
+                f"{row.budget / 2**30:.2f} GiB usable",
+                err=True,
+            )
     check_memory(resolved.id, chosen, machine)
     params = ContextParams(
         n_ctx_per_seq=chosen.ctx,
@@ -293,6 +359,8 @@ def open_engine(
         flash_attn=settings.flash_attn,
         swa_full=settings.swa_full,
         gpu_layers=settings.gpu_layers if settings.gpu_layers is not None else chosen.gpu_layers,
+        rpc_servers=tuple(dict.fromkeys(w.endpoint for w in workers)),
+        tensor_split=chosen.split.tensor_split if chosen.split else _local_tensor_split(settings),
     )
     return Engine(
         resolved.path,
@@ -302,6 +370,16 @@ def open_engine(
         model_id=resolved.id,
         mmproj_path=mmproj,
     )
+
+
+def _local_tensor_split(settings: EngineSettings) -> tuple[float, ...]:
+    # --tensor-split without --rpc: the shares of this machine's GPUs, given to llama.cpp as is.
+    from gemma_local.memory.split import parse_tensor_split
+
+    try:
+        return parse_tensor_split(settings.tensor_split, 16) or ()
+    except ValueError as e:
+        raise CliError(str(e)) from e
 
 
 def echo_base_model_notice(model: ResolvedModel | str | None) -> None:

@@ -162,6 +162,54 @@ class GenerationError(GemmaLocalError):
     code = "generation_failed"
 
 
+# --- RPC workers (other machines lending memory and compute) ---------------------------------
+
+
+class RpcNotBuiltError(GemmaLocalError):
+    """The installed llama.cpp was built without its RPC backend (``GGML_RPC=ON``)."""
+
+    code = "rpc_not_built"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This llama-cpp-python was built without llama.cpp's RPC backend, which `worker` and --rpc need "
+            "(pip reused a wheel built before GGML_RPC=ON). Rebuild it: `make install` does, or run "
+            "CMAKE_ARGS=\"-DGGML_RPC=ON\" pip install --force-reinstall --no-cache-dir --no-deps "
+            "llama-cpp-python==<the installed version> (add your GPU backend's flag, e.g. -DGGML_CUDA=ON)."
+        )
+
+
+class WorkerUnreachableError(GemmaLocalError, ConnectionError):
+    """An RPC worker named by --rpc does not answer."""
+
+    code = "worker_unreachable"
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        self.endpoint = endpoint
+        super().__init__(
+            f"RPC worker {endpoint} is unreachable ({reason}): start it there with "
+            f"`gemma-local worker --host <its address> --port {endpoint.rsplit(':', 1)[-1]}`, or check the address."
+        )
+
+
+class WorkerLostError(GemmaLocalError, ConnectionError):
+    """An RPC worker went away while the model was loaded on it (HTTP 503).
+
+    Part of the model lived in that worker's memory, so nothing more can be generated until
+    gemma-local is restarted with the worker back (or without it).
+    """
+
+    code = "worker_lost"
+
+    def __init__(self, endpoint: str | None) -> None:
+        self.endpoint = endpoint
+        who = f"RPC worker {endpoint}" if endpoint else "An RPC worker"
+        super().__init__(
+            f"{who} was lost while it held part of the model; generation cannot continue. Restart gemma-local "
+            "once the worker is back (or without --rpc)."
+        )
+
+
 # --- search ------------------------------------------------------------------------------
 
 

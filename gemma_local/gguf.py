@@ -94,6 +94,8 @@ class TensorInfo:
     shape: tuple[int, ...]
     #: The ggml type id (0 = F32, 1 = F16, …).
     ggml_type: int
+    #: Where its data starts, from the start of the data section.
+    offset: int = 0
 
 
 def read_gguf_tensors(path: str | Path) -> tuple[dict[str, Any], list[TensorInfo]]:
@@ -109,6 +111,20 @@ def read_gguf_tensors(path: str | Path) -> tuple[dict[str, Any], list[TensorInfo
         ModelLoadError: not a GGUF file, or a truncated/corrupt header.
     """
     return _read_header(Path(path), with_tensors=True)
+
+
+def tensor_sizes(path: str | Path) -> dict[str, int]:
+    """Bytes of each tensor's data in a GGUF file (from the offsets: no table of type sizes).
+
+    Raises:
+        ModelLoadError: not a GGUF file, or a truncated/corrupt header.
+    """
+    path = Path(path)
+    meta, tensors = read_gguf_tensors(path)
+    ordered = sorted(tensors, key=lambda t: t.offset)
+    end = path.stat().st_size - int(meta["GGUF.data_start"])
+    ends = [t.offset for t in ordered[1:]] + [end]
+    return {t.name: max(0, stop - t.offset) for t, stop in zip(ordered, ends, strict=True)}
 
 
 _MAX_DIMS = 8  # GGML_MAX_DIMS is 4; anything far above it is a corrupt header
@@ -140,6 +156,7 @@ def _read_header(path: Path, *, with_tensors: bool) -> tuple[dict[str, Any], lis
                     )
                 shape = tuple(r.unpack("<Q") for _ in range(n_dims))
                 ggml_type = r.unpack("<I")
-                r.unpack("<Q")  # data offset
-                tensors.append(TensorInfo(name, shape, ggml_type))
+                tensors.append(TensorInfo(name, shape, ggml_type, r.unpack("<Q")))
+            alignment = int(meta.get("general.alignment", 32) or 32)
+            meta["GGUF.data_start"] = -(-f.tell() // alignment) * alignment
     return meta, tensors

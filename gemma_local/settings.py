@@ -9,6 +9,7 @@ asks for what it uses:
 - :class:`AppSettings`: where files live (``GEMMA_LOCAL_HOME``, ``GEMMA_LOCAL_CACHE``), ``GEMMA_LOCAL_DEBUG``;
 - :class:`EngineSettings`: how llama.cpp is set up (model, context, slots, threads, KV cache, …);
 - :class:`ServerSettings`: the HTTP server (bind address, key, limits, shutdown grace period);
+- :class:`WorkerSettings`: ``gemma-local worker``, lending this machine over llama.cpp RPC;
 - :class:`SearchSettings`: the search hook's providers (and ``LINKUP_API_KEY``, the Linkup SDK's own name).
 
 Nothing here imports the rest of gemma-local: it sits at the bottom with ``errors``.
@@ -30,6 +31,7 @@ __all__ = [
     "KvCacheType",
     "SearchSettings",
     "ServerSettings",
+    "WorkerSettings",
     "env_var",
 ]
 
@@ -93,6 +95,16 @@ class EngineSettings(_Settings):
     )
     max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")
     seed: int | None = Field(None, description="Default sampling seed when a request gives none.")
+    rpc: str | None = Field(
+        None,
+        description="RPC workers (`gemma-local worker` on other machines) to split the model over, as "
+        "HOST:PORT[,HOST:PORT...]; their free memory is planned with this machine's.",
+    )
+    tensor_split: str | None = Field(
+        None,
+        description="Share of the offloaded layers per device, comma-separated in --rpc order then local GPUs "
+        "(e.g. 3,1; default: planned from each device's free memory).",
+    )
 
 
 class ServerSettings(_Settings):
@@ -164,6 +176,27 @@ class ServerSettings(_Settings):
     admin_key: str | None = Field(
         None,
         description="Key for POST /v1/models/{id}/load and /unload (default: the API key; with neither, open).",
+    )
+
+
+class WorkerSettings(_Settings):
+    """How ``gemma-local worker`` lends this machine to another over llama.cpp's RPC protocol."""
+
+    worker_host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; loopback by default. The RPC protocol has NO authentication: bind "
+        "another address only on a trusted network or a tunnel.",
+    )
+    worker_port: int = Field(50052, ge=1, le=65535, description="Port to listen on.")
+    worker_devices: list[str] = Field(
+        default_factory=list,
+        description="Device to serve, e.g. cpu, cuda:0 (default: every GPU, else the CPU).",
+    )
+    worker_threads: int | None = Field(None, ge=1, le=512, description="CPU threads (default: physical cores).")
+    worker_cache_dir: Path | None = Field(
+        None,
+        description="Keep received tensors here so a reconnecting client sends hashes, not the weights again "
+        "(off unless given).",
     )
 
 

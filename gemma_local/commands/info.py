@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, plan_for
+from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, plan_for, rpc_workers
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -50,6 +50,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     """
     import psutil
 
+    from gemma_local.engine import rpc
     from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory, ModelShape
@@ -59,8 +60,11 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     settings = engine_settings(**engine_flags)
     resolved = resolve_model(settings.model)
     shape = ModelShape.from_gguf(resolved.path)
+    workers = rpc_workers(settings)
     machine = MachineMemory.detect()
-    chosen = plan_for(settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine)
+    chosen = plan_for(
+        settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine, workers=workers
+    )
     big = load_catalog().models["gemma-3-27b"]
     gemma_3_27b = big.shape("Gemma 3 27B (QAT Q4_0)", big.quants["qat"].approx_bytes)
     ctxs = sorted({c for c in (4096, 32768, shape.n_ctx_train) if c <= shape.n_ctx_train})
@@ -75,6 +79,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             "vram_free_bytes": machine.vram_free,
             "gpus": [{"total_bytes": g.total, "free_bytes": g.free} for g in machine.gpus],
             "unified_memory": machine.unified,
+            "rpc_backend": rpc.supported(),
             "plan_budget_bytes": machine.budget,
             "plan_budget": machine.describe_budget(),
         },
@@ -112,6 +117,10 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     elif machine.unified and machine.gpu_backend:
         gpu += ", Metal (unified memory)"
     click.echo(f"  GPU offload      {gpu}")
+    click.echo(
+        "  RPC backend      "
+        + ("yes (gemma-local worker, --rpc)" if m["rpc_backend"] else "no: `make install` rebuilds with GGML_RPC=ON")
+    )
     click.echo(f"  usable by a plan {_gib(machine.budget)} ({machine.describe_budget()})")
     click.echo(f"Model {mo['id']}  ({mo['path']})")
     click.echo(f"  architecture     {mo['architecture']}, {mo['name']}")
@@ -132,6 +141,14 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")
+    if chosen.split is not None:
+        click.echo("Split over devices (--rpc)")
+        click.echo(f"  {'device':<30} {'layers':>6}  {'weights':>10}  {'KV':>10}  {'compute':>10}  {'usable':>10}")
+        for row in chosen.split.devices:
+            click.echo(
+                f"  {row.name:<30} {len(row.layers):>6}  {_gib(row.weights):>10}  {_gib(row.kv):>10}  "
+                f"{_gib(row.compute):>10}  {_gib(row.budget):>10}" + ("" if row.fits else "  DOES NOT FIT")
+            )
     for title, rows in (
         (f"KV cache for one slot of {mo['id']}", result["kv_cost"]),
         ("Gemma 3 27B, one slot of 128K tokens", result["gemma_3_27b_at_128k"]),

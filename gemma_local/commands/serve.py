@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -23,12 +25,17 @@ from gemma_local.cli_support import (
     settings_from_flags,
 )
 from gemma_local.commands.search_options import search_options, search_settings
+from gemma_local.errors import WorkerLostError
 from gemma_local.settings import EngineSettings, SearchSettings, ServerSettings
 
 logger = logging.getLogger("gemma_local.server")
 
 #: After the grace period, how long uvicorn still waits before cancelling what is left.
 SHUTDOWN_BACKSTOP_S = 5.0
+#: A lost RPC worker: how long /health reports "degraded" before the server exits.
+WORKER_LOST_EXIT_S = 5.0
+#: Exit status of a server that stopped because an RPC worker was lost (restart it to reconnect).
+EXIT_WORKER_LOST = 3
 
 
 def is_loopback(host: str) -> bool:
@@ -116,7 +123,10 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
     from gemma_local.server import create_app
 
     search_chain = default_chain(search)
+    _check_workers(eng_settings)
     if eng_settings.model is None:
+        if eng_settings.rpc:
+            raise CliError("serve --rpc splits one model over the workers: name it with --model.")
         app, announce = _store_app(settings, eng_settings, search_chain)
     else:
         resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
@@ -140,14 +150,24 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
         if server is not None:
             server.should_exit = True
 
+    def load() -> Any:
+        engine = open_engine(eng_settings, announce=True)
+        engine.on_worker_lost = lambda error: _worker_lost(app.state.runtime, error, stop)
+        return engine
+
     if app is None:
-        app = create_app(
-            lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
-        )
+        app = create_app(load, settings, on_load_failure=stop, search_chain=search_chain)
     server = _announcing_server(app, settings.host, settings.port, announce, settings.shutdown_grace)
     server.run()
     if failures:
         error = failures[0]
+        if isinstance(error, WorkerLostError):
+            # The engine's thread is stuck inside llama.cpp for good: leave without the usual
+            # interpreter teardown, which could wait on it.
+            click.echo(f"gemma-local: stopped: {error.message}", err=True)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_WORKER_LOST)
         raise CliError(f"The model failed to load: {getattr(error, 'message', error)}") from error
 
 
@@ -182,6 +202,35 @@ def _store_app(settings: ServerSettings, eng_settings: EngineSettings, search_ch
         f"{loader.budget_bytes / GIB:.1f} GiB for models, keep-alive {settings.keep_alive}); see /v1/models"
     )
     return app, announce
+
+
+def _check_workers(eng_settings: EngineSettings) -> None:
+    """An RPC build, and every --rpc worker answering, before the server starts (one clear line if not)."""
+    if not eng_settings.rpc:
+        return
+    from gemma_local.engine import rpc
+
+    rpc.require()
+    for endpoint in rpc.parse_endpoints(eng_settings.rpc):
+        rpc.probe(endpoint)
+
+
+def _worker_lost(runtime: Any, error: WorkerLostError, stop: Any) -> None:
+    """Requests in flight have failed with ``error``; report degraded, then stop (exit status 3).
+
+    llama.cpp cannot move the lost worker's layers elsewhere, and the engine's thread never
+    comes back from it, so the server does not reconnect: it exits non-zero for a supervisor
+    (systemd, a container runtime) to restart it once the worker is back.
+    """
+    runtime.degrade(error)
+    click.echo(
+        f"gemma-local: {error.message} /health reports degraded; exiting with status {EXIT_WORKER_LOST} "
+        f"in {WORKER_LOST_EXIT_S:g}s.",
+        err=True,
+    )
+    timer = threading.Timer(WORKER_LOST_EXIT_S, stop, args=(error,))
+    timer.daemon = True
+    timer.start()
 
 
 def _announcing_server(app: Any, host: str, port: int, announce: str, grace_s: float) -> Any:

@@ -10,10 +10,13 @@ a typed error) and hands the job to the batching scheduler.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gemma_local.engine import rpc
 from gemma_local.engine.chat_format import RenderedPrompt, Special, render, render_raw
 from gemma_local.engine.model import ContextParams, LlamaModel
 from gemma_local.engine.sampling import SamplerChain
@@ -21,7 +24,9 @@ from gemma_local.engine.scheduler import Prompt, Scheduler, SchedulerStats
 from gemma_local.engine.stream import GenerationStream
 from gemma_local.engine.types import GenerationRequest, GenerationResult, ImagePart
 from gemma_local.engine.vision import VisionProjector
-from gemma_local.errors import ContextOverflowError, ModelCapabilityError
+from gemma_local.errors import ContextOverflowError, ModelCapabilityError, WorkerLostError
+
+logger = logging.getLogger("gemma_local.engine")
 
 DEFAULT_CTX = 8192
 DEFAULT_PARALLEL = 4
@@ -82,7 +87,21 @@ class Engine:
             raise
         self.default_seed = default_seed
         self.model_id = model_id or Path(model_path).stem
+        #: Set when an RPC worker holding part of the model is lost: the engine serves no more.
+        self.lost: WorkerLostError | None = None
+        #: Called (from a llama.cpp thread) with that error, e.g. by a server to report itself degraded.
+        self.on_worker_lost: Callable[[WorkerLostError], None] | None = None
         self._scheduler = Scheduler(self.model, max_queue=max_queue)
+        if params.rpc_servers:
+            rpc.watch_for_loss(params.rpc_servers, self._worker_lost)
+
+    def _worker_lost(self, endpoint: str | None, message: str) -> None:
+        error = WorkerLostError(endpoint)
+        self.lost = error
+        ended = self._scheduler.abandon(error) if self._scheduler is not None else 0
+        logger.error("%s (%d request(s) ended; llama.cpp said: %s)", error.message, ended, message)
+        if self.on_worker_lost is not None:
+            self.on_worker_lost(error)
 
     @property
     def info(self) -> ModelInfo:
@@ -183,9 +202,12 @@ class Engine:
         Blocks until the scheduler thread has stopped (after its current micro-batch at most):
         nothing is freed while it may still be inside llama.cpp.
         """
+        rpc.unwatch(self._worker_lost)
         if getattr(self, "_scheduler", None) is not None:
             self._scheduler.close()
             self._scheduler = None
+        if getattr(self, "lost", None) is not None:
+            return  # the scheduler thread is stuck inside llama.cpp, on this model: free nothing
         if getattr(self, "vision", None) is not None:
             self.vision.close()
             self.vision = None

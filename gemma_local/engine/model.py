@@ -17,7 +17,7 @@ from pathlib import Path
 import llama_cpp
 import psutil
 
-from gemma_local.engine import llama_log
+from gemma_local.engine import llama_log, rpc
 from gemma_local.engine.chat_format import RenderedPrompt, Special
 from gemma_local.errors import InvalidRequestError, ModelLoadError, ModelNotFoundError
 
@@ -84,6 +84,13 @@ class ContextParams:
     flash_attn: str = "auto"
     swa_full: bool = False
     gpu_layers: int = -1
+    #: RPC workers (HOST:PORT) whose devices the layers may go to (see :mod:`gemma_local.engine.rpc`).
+    rpc_servers: tuple[str, ...] = ()
+    #: Repack weights for this CPU's fastest kernels (llama.cpp's "extra buffer types"). RPC
+    #: workers never repack, so a local run matches a split one bit for bit only without it.
+    repack: bool = True
+    #: Share of the offloaded layers per device (RPC devices first, then local GPUs); () = llama.cpp's.
+    tensor_split: tuple[float, ...] = ()
 
 
 def check_gguf_file(path: Path) -> None:
@@ -143,6 +150,16 @@ class LlamaModel:
 
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = params.gpu_layers if params.gpu_layers >= 0 else 2**31 - 1
+        model_params.use_extra_bufts = params.repack
+        if params.rpc_servers:
+            # Registered devices are what llama.cpp's loader splits layers over (RPC ones first).
+            rpc.add_workers(params.rpc_servers)
+        self._devices = rpc.model_devices(params.rpc_servers)
+        if self._devices is not None:
+            model_params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
+        if params.tensor_split:
+            self._tensor_split = (ctypes.c_float * llama_cpp.llama_max_devices())(*params.tensor_split)
+            model_params.tensor_split = self._tensor_split
         llama_log.clear()
         with llama_log.capture() as load_log:
             self.model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), model_params)

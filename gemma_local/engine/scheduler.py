@@ -143,6 +143,8 @@ class Scheduler:
         self._active: list[Job] = []
         self._cond = threading.Condition()
         self._closing = False
+        #: Set by :meth:`abandon`: the thread is stuck in llama.cpp for good (a lost RPC worker).
+        self._lost: Exception | None = None
         self._clear_requests: list[threading.Event] = []
         #: Tokens per step: one micro-batch (see the module docstring).
         self._step_tokens = min(model.n_batch, model.params.n_ubatch)
@@ -160,7 +162,7 @@ class Scheduler:
         with self._cond:
             if self._closing:
                 sampler.close()
-                raise EngineClosedError()
+                raise self._lost.with_traceback(None) if self._lost else EngineClosedError()
             free = len(self.slots) - len(self._active)
             if len(self._pending) >= self.max_queue + max(free, 0):
                 sampler.close()
@@ -188,6 +190,8 @@ class Scheduler:
         with self._cond:
             self._closing = True
             self._cond.notify()
+        if self._lost is not None:
+            return  # the thread never comes back from llama.cpp; nothing it uses may be freed
         self._thread.join(CLOSE_NOTICE_S)
         if self._thread.is_alive():
             logger.info("waiting for the engine to finish its current micro-batch before freeing the model")
@@ -203,6 +207,26 @@ class Scheduler:
         for stream in streams:
             stream.cancel()
         return len(streams)
+
+    def abandon(self, error: Exception) -> int:
+        """End every running and waiting request with ``error`` and refuse new ones; return how many.
+
+        For when the scheduler thread can never leave ``llama_decode`` (an RPC worker holding
+        part of the model was lost, see :mod:`gemma_local.engine.rpc`): that thread cannot end
+        its jobs, so this does, from the thread that learnt of the loss. The jobs are not
+        released (their samplers and slots belong to the stuck thread): the model is done for.
+        """
+        with self._cond:
+            self._closing = True
+            self._lost = error
+            jobs = [*self._active, *self._pending]
+            self._pending.clear()
+        for job in jobs:
+            if job.stream.finished is None:
+                job.stream._push(
+                    Finished(finish_reason="error", usage=self._usage(job), timings=self._timings(job), error=error)
+                )
+        return len(jobs)
 
     def clear_prefix_cache(self, timeout: float = 30.0) -> bool:
         """Drop the KV that idle slots keep for reuse (the next prompts are computed cold)."""

@@ -23,10 +23,12 @@ CPU-only (the conservative answer), so ``gemma-local info`` works on a bare box.
 
 from __future__ import annotations
 
+import ctypes
 import platform
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 
@@ -66,6 +68,8 @@ class MachineMemory:
     gpus: tuple[GpuMemory, ...] = ()
     unified: bool = False
     ram_source: str = "available RAM"
+    #: RPC workers' devices (``--rpc``): other machines' memory the plan may also use.
+    workers: tuple[GpuMemory, ...] = ()
 
     @classmethod
     def detect(cls) -> MachineMemory:
@@ -116,9 +120,14 @@ class MachineMemory:
         return int(self.vram_free * VRAM_SHARE)
 
     @property
+    def workers_budget(self) -> int:
+        """Bytes of the RPC workers' memory a plan may use (the same share as of local RAM)."""
+        return sum(int(w.free * HEADROOM) for w in self.workers)
+
+    @property
     def budget(self) -> int:
-        """Everything a plan may use: RAM plus VRAM budgets."""
-        return self.ram_budget + (self.vram_budget or 0)
+        """Everything a plan may use: RAM plus VRAM budgets, plus the RPC workers'."""
+        return self.ram_budget + (self.vram_budget or 0) + self.workers_budget
 
     def describe_budget(self) -> str:
         """Where :attr:`budget` comes from, e.g. ``"85% of 20.0 GiB of available RAM"``."""
@@ -126,6 +135,9 @@ class MachineMemory:
             ram = f"{HEADROOM:.0%} of {self.usable_ram / GIB:.1f} GiB of unified memory available to Metal"
         else:
             ram = f"{HEADROOM:.0%} of {self.usable_ram / GIB:.1f} GiB of {self.ram_source}"
+        if self.workers:
+            free = sum(w.free for w in self.workers) / GIB
+            ram += f" + {HEADROOM:.0%} of {free:.1f} GiB free on {len(self.workers)} RPC worker device(s)"
         if self.vram_budget is None:
             return ram
         count = len(self.gpus)
@@ -139,9 +151,40 @@ def _gpu_offload_supported() -> bool:
     try:
         import llama_cpp
 
-        return bool(llama_cpp.llama_supports_gpu_offload())
+        if not llama_cpp.llama_supports_gpu_offload():
+            return False
+        if not llama_cpp.llama_supports_rpc():
+            return True
+        # An RPC build says it can offload on any machine (to workers): look for a local GPU.
+        return _local_gpu_device(Path(llama_cpp.__file__).parent / "lib")
     except Exception:  # an old, broken or missing build: plan for the CPU, the conservative answer
         return False
+
+
+def _local_gpu_device(lib: Path) -> bool:
+    name = next(
+        (
+            n
+            for n in ("libggml.so.0", "libggml.0.dylib", "libggml.so", "libggml.dylib", "ggml.dll")
+            if (lib / n).exists()
+        ),
+        None,
+    )  # libllama's own copy first, as engine.rpc explains
+    if name is None:
+        return False
+    ggml = ctypes.CDLL(str(lib / name))
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.restype = ctypes.c_void_p
+    ggml.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
+    ggml.ggml_backend_dev_type.argtypes = [ctypes.c_void_p]
+    ggml.ggml_backend_dev_name.restype = ctypes.c_char_p
+    ggml.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
+    for i in range(ggml.ggml_backend_dev_count()):
+        dev = ggml.ggml_backend_dev_get(i)
+        # 1: GPU, 2: integrated GPU (enum ggml_backend_dev_type); RPC devices say GPU too.
+        if ggml.ggml_backend_dev_type(dev) in (1, 2) and not ggml.ggml_backend_dev_name(dev).startswith(b"RPC"):
+            return True
+    return False
 
 
 def _nvidia_gpus() -> tuple[GpuMemory, ...]:

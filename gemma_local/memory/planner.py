@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gemma_local.gguf import ArrayInfo, read_gguf_metadata
 from gemma_local.memory.machine import GIB, MachineMemory
+
+if TYPE_CHECKING:
+    from gemma_local.memory.split import SplitPlan
 
 __all__ = ["MIN_USEFUL_CTX", "MemoryEstimate", "ModelShape", "Plan", "estimate", "minimum_plan", "plan"]
 
@@ -192,9 +195,13 @@ class Plan:
     budget: int
     fits: bool
     reasons: list[str] = field(default_factory=list)
+    #: Where each layer goes over RPC workers and local GPUs (``--rpc``; None without).
+    split: SplitPlan | None = None
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        if self.split is not None:
+            d["split"] = self.split.as_dict()
         d["estimate"]["total"] = self.estimate.total
         d["estimate"]["kv"] = self.estimate.kv
         return d

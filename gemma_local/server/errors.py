@@ -35,6 +35,7 @@ from gemma_local.errors import (
     ModelNotFoundError,
     ModelNotReadyError,
     ServerBusyError,
+    WorkerLostError,
 )
 
 logger = logging.getLogger("gemma_local.server")
@@ -151,6 +152,7 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorKind] = {
         503, "server_error", "overloaded_error", retry_after=lambda e: getattr(e, "retry_after_s", 5)
     ),
     EngineClosedError: ErrorKind(503, "server_error", "overloaded_error", retry_after=5),
+    WorkerLostError: ErrorKind(503, "server_error", "api_error", retryable=False),
     ModelLoadError: ErrorKind(503, "server_error", "api_error", retryable=False),
     GenerationError: ErrorKind(500, "server_error", "api_error"),
     GemmaLocalError: ErrorKind(500, "server_error", "api_error", retryable=False),

@@ -16,7 +16,7 @@ router = APIRouter(tags=["Operations"])
 
 
 class Health(BaseModel):
-    status: Literal["ok", "loading", "failed", "stopping", "closed"]
+    status: Literal["ok", "loading", "degraded", "failed", "stopping", "closed"]
     model: str | None = Field(None, description="The model served (serving the store: the default one).")
     loaded: list[str] | None = Field(None, description="The models in memory now.")
     slots: int | None = Field(None, description="Slots of the loaded models together.")
@@ -29,7 +29,12 @@ class Health(BaseModel):
     "/health",
     response_model=Health,
     summary="Readiness",
-    responses={503: {"model": Health, "description": "The model is loading, failed to load, or shutting down."}},
+    responses={
+        503: {
+            "model": Health,
+            "description": "The model is loading, failed to load, degraded (an RPC worker was lost), or shutting down.",
+        }
+    },
 )
 async def health(request: Request) -> JSONResponse:
     """200 once serving (one model: once it is loaded); 503 before that. Needs no API key."""

@@ -38,10 +38,12 @@ class Runtime:
     Status: ``loading`` (one-model serving, the engine loads on a background thread) →
     ``ready`` (or ``failed``) → ``stopping`` (shutdown began: new requests get 503, those
     running go on) → ``closed``. Serving the store on demand is ``ready`` from the start.
+    ``degraded``: the one engine can no longer generate (an RPC worker holding part of the
+    model was lost); requests get that error (503).
     """
 
     settings: ServerSettings
-    status: Literal["loading", "ready", "failed", "stopping", "closed"] = "loading"
+    status: Literal["loading", "ready", "degraded", "failed", "stopping", "closed"] = "loading"
     models: ModelManager | None = None
     error: BaseException | None = None
     owns_engine: bool = False
@@ -114,6 +116,13 @@ class Runtime:
             if self.status != "closed":
                 self.status = "failed"
 
+    def degrade(self, error: BaseException) -> None:
+        """The engine lost part of itself (an RPC worker): answer ``error`` (503) from now on."""
+        with self._lock:
+            self.error = error
+            if self.status == "ready":
+                self.status = "degraded"
+
     def stop_accepting(self) -> None:
         """Shutdown has begun: new requests are refused (503, Retry-After); running ones go on."""
         with self._lock:
@@ -161,6 +170,8 @@ async def get_models(request: Request) -> ModelManager:
     models = runtime.models
     if models is not None and runtime.status == "ready":
         return models
+    if runtime.status == "degraded" and runtime.error is not None:
+        raise runtime.error.with_traceback(None)  # e.g. WorkerLostError: 503, not retryable
     if runtime.status == "failed":
         # Not retryable: the server must be restarted with another model or settings.
         raise ModelLoadError(f"The model failed to load: {getattr(runtime.error, 'message', runtime.error)}")
