@@ -172,6 +172,10 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         setting_option(EngineSettings, "flash_attn"),
         setting_option(EngineSettings, "swa_full"),
         setting_option(EngineSettings, "gpu_layers"),
+        setting_option(EngineSettings, "checkpoints"),
+        setting_option(EngineSettings, "checkpoint_every"),
+        setting_option(EngineSettings, "speculative"),
+        setting_option(EngineSettings, "draft_max"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -215,6 +219,8 @@ def plan_for(
         swa_full=settings.swa_full,
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
+        checkpoints=settings.checkpoints,
+        draft_max=settings.draft_max if speculation_policy(settings).enabled else 0,
         # A missing projector file is the engine's error to report, with its own message.
         projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
     )
@@ -257,7 +263,7 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         default_parallel: slots to use when the user set none (1 for one-shot CLI commands).
         announce: print the chosen plan and why on stderr (``serve`` does).
     """
-    from gemma_local.engine import ContextParams, Engine
+    from gemma_local.engine import CheckpointPolicy, ContextParams, Engine
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory
 
@@ -293,7 +299,17 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
         default_seed=settings.seed,
         model_id=resolved.id,
         mmproj_path=mmproj,
+        checkpoints=CheckpointPolicy(chosen.estimate.checkpoints, settings.checkpoint_every),
+        speculation=speculation_policy(settings),
     )
+
+
+def speculation_policy(settings: EngineSettings):
+    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings (auto: n-gram drafts)."""
+    from gemma_local.engine import SpeculationPolicy
+
+    mode = "ngram" if settings.speculative == "auto" else settings.speculative
+    return SpeculationPolicy(mode=mode, draft_max=settings.draft_max)
 
 
 def echo_base_model_notice(model: ResolvedModel | str | None) -> None:

@@ -95,6 +95,8 @@ def combine_usage(usages: Sequence[Usage]) -> Usage:
         prompt_tokens=usages[0].prompt_tokens,
         completion_tokens=sum(u.completion_tokens for u in usages),
         cached_tokens=min(u.cached_tokens for u in usages),
+        draft_tokens=sum(u.draft_tokens for u in usages),
+        accepted_tokens=sum(u.accepted_tokens for u in usages),
     )
 
 

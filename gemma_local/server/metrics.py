@@ -33,6 +33,12 @@ class ServerMetrics:
             "gemma_local_cached_prompt_tokens", "Prompt tokens reused from the prefix cache.", ["endpoint"], registry=r
         )
         self.completion_tokens = Counter("gemma_local_completion_tokens", "Tokens generated.", ["endpoint"], registry=r)
+        self.draft_tokens = Counter(
+            "gemma_local_draft_tokens", "Speculative draft tokens verified.", ["endpoint"], registry=r
+        )
+        self.accepted_tokens = Counter(
+            "gemma_local_draft_accepted_tokens", "Speculative draft tokens accepted (kept).", ["endpoint"], registry=r
+        )
         self.generations = Counter(
             "gemma_local_generations", "Generations finished, by reason.", ["endpoint", "finish_reason"], registry=r
         )
@@ -68,6 +74,8 @@ class ServerMetrics:
         self.prompt_tokens.labels(endpoint).inc(usage.prompt_tokens)
         self.cached_tokens.labels(endpoint).inc(usage.cached_tokens)
         self.completion_tokens.labels(endpoint).inc(usage.completion_tokens)
+        self.draft_tokens.labels(endpoint).inc(usage.draft_tokens)
+        self.accepted_tokens.labels(endpoint).inc(usage.accepted_tokens)
         if usage.completion_tokens > 0 and timings.time_to_first_token_s > 0:
             self.ttft.labels(endpoint).observe(timings.time_to_first_token_s)
         if usage.completion_tokens > 1 and timings.generation_s > 0:
