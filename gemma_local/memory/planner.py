@@ -12,7 +12,8 @@ following how llama.cpp allocates:
 - compute buffer: activations for one micro-batch plus the f16 attention mask over the cache
   (and, without flash attention, the f32 attention scores of one layer);
 - output buffer: one row of logits per slot, or ``1 + draft_max`` with speculative decoding
-  (a slot verifying drafts needs logits at each draft position);
+  (a slot verifying drafts needs logits at each draft position; llama.cpp grows the buffer to
+  that the first time a step asks for them);
 - sliding-window checkpoints (host memory, :mod:`gemma_local.engine.kv_slots`): per checkpoint,
   the window's ``n_swa`` cells on every sliding-window layer (llama.cpp saves only the cells
   still inside the window); ``checkpoints`` per slot, chosen to fit when the user sets none.
@@ -190,7 +191,8 @@ def estimate(
         weights=shape.weights_bytes,
         kv_global=kv_global,
         kv_swa=kv_swa,
-        compute=activations + mask + scores + shape.n_vocab * 4,
+        # Draft rows of logits also widen the graph's output (measured: ~half a row each).
+        compute=activations + mask + scores + shape.n_vocab * 4 + shape.n_vocab * 2 * parallel * draft_max,
         output=output,
         projector=projector_bytes,
         checkpoints=checkpoints if checkpoint_bytes else 0,
