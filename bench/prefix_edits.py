@@ -86,10 +86,30 @@ def decode_speed(engines: dict[str, Engine], rounds: int) -> dict[str, float]:
     return {name: round(median(v), 2) for name, v in speeds.items()}
 
 
+def decode_only(engine: Engine, params: ContextParams, cached: GenerationRequest, rounds: int) -> None:
+    """Decode speed, checkpoints on vs off, each engine holding the same cached prompt."""
+    plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
+    for e in (engine, plain):
+        e.generate(cached)
+    speeds = decode_speed({"checkpoints_on": engine, "checkpoints_off": plain}, rounds)
+    plain.close()
+    engine.close()
+    write_result(
+        "prefix_edits_decode",
+        {
+            "bench": "prefix_edits --decode-only",
+            "machine": machine(),
+            "decode_tok_s": speeds,
+            "decode_on_over_off": round(speeds["checkpoints_on"] / speeds["checkpoints_off"], 3),
+        },
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=8192, help="length of the cached conversation")
     parser.add_argument("--rounds", type=int, default=2, help="decode-speed rounds")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
     engine = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024))
@@ -99,6 +119,9 @@ def main() -> None:
     rows = []
     started = time.perf_counter()
 
+    if args.decode_only:
+        decode_only(engine, params, base, args.rounds)
+        return
     engine.generate(base)  # the cached conversation
     for before_end in (600, 2000, 6000):
         if before_end >= n_base:
@@ -140,6 +163,9 @@ def main() -> None:
     bench_s = time.perf_counter() - started
 
     plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
+    # The same cache state on both: an idle slot holding a long prompt widens every slot's
+    # attention (llama.cpp sizes it by the fullest KV stream), checkpoints or not.
+    plain.generate(shared_b)
     speeds = decode_speed({"checkpoints_on": engine, "checkpoints_off": plain}, args.rounds)
     plain.close()
     engine.close()

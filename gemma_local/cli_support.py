@@ -305,11 +305,10 @@ def open_engine(settings: EngineSettings, *, default_parallel: int | None = None
 
 
 def speculation_policy(settings: EngineSettings):
-    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings (auto: n-gram drafts)."""
+    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings."""
     from gemma_local.engine import SpeculationPolicy
 
-    mode = "ngram" if settings.speculative == "auto" else settings.speculative
-    return SpeculationPolicy(mode=mode, draft_max=settings.draft_max)
+    return SpeculationPolicy(mode=settings.speculative, draft_max=settings.draft_max)
 
 
 def echo_base_model_notice(model: ResolvedModel | str | None) -> None:

@@ -106,8 +106,8 @@ class EngineSettings(_Settings):
     speculative: Speculative = Field(
         "auto",
         description="Speculative decoding: ngram drafts tokens from the request's own prompt and output "
-        "(prompt lookup), verified in the same batch; auto = ngram, adaptive (it pauses where drafts miss "
-        "and when more than 2 slots generate); off decodes one token at a time.",
+        "(prompt lookup), verified in the same batch, adaptive (it pauses where drafts miss and when more than "
+        "2 slots generate); auto = ngram for greedy requests only; off decodes one token at a time.",
     )
     draft_max: int = Field(8, ge=1, le=32, description="Most draft tokens a slot verifies per step.")
     max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")

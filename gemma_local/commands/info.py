@@ -140,8 +140,9 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     )
     spec = speculation_policy(settings)
     click.echo(
-        f"  speculative      {settings.speculative}: n-gram drafts (prompt lookup), up to {spec.draft_max} tokens "
-        f"a step, while at most {spec.max_busy} slots generate"
+        f"  speculative      {settings.speculative}: n-gram drafts (prompt lookup"
+        + (", greedy requests only" if spec.mode == "auto" else "")
+        + f"), up to {spec.draft_max} tokens a step, while at most {spec.max_busy} slots generate"
         if spec.enabled
         else "  speculative      off (one token per step)"
     )

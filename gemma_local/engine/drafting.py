@@ -111,10 +111,15 @@ class SpeculationPolicy:
     then costs more than it saves.
     """
 
-    mode: str = "off"  # "off" or "ngram"
+    mode: str = "off"  # "off", "ngram", or "auto" (n-gram drafts for greedy requests only)
     draft_max: int = 8
     max_busy: int = 2
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off" and self.draft_max > 0
+
+    def drafts_for(self, temperature: float) -> bool:
+        """Whether a request at ``temperature`` drafts: under ``auto`` only greedy ones, where
+        the bench shows no loss (sampled prose accepts too few drafts to pay on a CPU)."""
+        return self.enabled and (self.mode == "ngram" or temperature <= 0.0)

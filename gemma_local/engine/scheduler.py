@@ -276,7 +276,7 @@ class Scheduler:
         job.assembler = TextAssembler(job.request.stop)
         job.n_past = n_keep
         job.cached_tokens = n_keep
-        if self.speculation.enabled:
+        if self.speculation.drafts_for(job.request.sampling.temperature):
             job.drafter = NgramDrafter(info.tokens)
             job.pacer = DraftPacer(max_len=self.speculation.draft_max)
 
