@@ -176,6 +176,10 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         setting_option(EngineSettings, "gpu_layers"),
         setting_option(EngineSettings, "rpc", metavar="HOST:PORT[,...]"),
         setting_option(EngineSettings, "tensor_split", metavar="SHARES"),
+        setting_option(EngineSettings, "checkpoints"),
+        setting_option(EngineSettings, "checkpoint_every"),
+        setting_option(EngineSettings, "speculative"),
+        setting_option(EngineSettings, "draft_max"),
     ]
     for option in reversed(options):
         func = option(func)
@@ -239,6 +243,8 @@ def plan_for(
         swa_full=settings.swa_full,
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
+        checkpoints=settings.checkpoints,
+        draft_max=settings.draft_max if speculation_policy(settings).enabled else 0,
         # A missing projector file is the engine's error to report, with its own message.
         projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
     )
@@ -320,7 +326,7 @@ def open_engine(
         machine: the memory to plan for (default: this machine, detected now); serving many
             models plans each against the memory measured at start, so plans stay the same.
     """
-    from gemma_local.engine import ContextParams, Engine
+    from gemma_local.engine import CheckpointPolicy, ContextParams, Engine
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import GpuMemory, MachineMemory
 
@@ -369,6 +375,8 @@ def open_engine(
         default_seed=settings.seed,
         model_id=resolved.id,
         mmproj_path=mmproj,
+        checkpoints=CheckpointPolicy(chosen.estimate.checkpoints, settings.checkpoint_every),
+        speculation=speculation_policy(settings),
     )
 
 
@@ -380,6 +388,13 @@ def _local_tensor_split(settings: EngineSettings) -> tuple[float, ...]:
         return parse_tensor_split(settings.tensor_split, 16) or ()
     except ValueError as e:
         raise CliError(str(e)) from e
+
+
+def speculation_policy(settings: EngineSettings):
+    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings."""
+    from gemma_local.engine import SpeculationPolicy
+
+    return SpeculationPolicy(mode=settings.speculative, draft_max=settings.draft_max)
 
 
 def echo_base_model_notice(model: ResolvedModel | str | None) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "KvCacheType",
     "SearchSettings",
     "ServerSettings",
+    "Speculative",
     "WorkerSettings",
     "env_var",
 ]
@@ -38,6 +39,7 @@ __all__ = [
 ENV_PREFIX = "GEMMA_LOCAL_"
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
 FlashAttention = Literal["auto", "on", "off"]
+Speculative = Literal["auto", "off", "ngram"]
 
 
 class _Settings(BaseSettings):
@@ -93,6 +95,23 @@ class EngineSettings(_Settings):
     gpu_layers: int | None = Field(
         None, ge=-1, description="Layers offloaded to the GPU (-1 = all, 0 = CPU only; default: planned)."
     )
+    checkpoints: int | None = Field(
+        None,
+        ge=0,
+        le=64,
+        description="Sliding-window checkpoints kept per slot, so a prompt edited far back reuses the cache "
+        "up to the edit (default: up to 8, as many as memory allows; 0: none).",
+    )
+    checkpoint_every: int = Field(
+        1024, ge=256, le=131072, description="Prompt tokens between two sliding-window checkpoints."
+    )
+    speculative: Speculative = Field(
+        "auto",
+        description="Speculative decoding: ngram drafts tokens from the request's own prompt and output "
+        "(prompt lookup), verified in the same batch, adaptive (it pauses where drafts miss and when more than "
+        "2 slots generate); auto = ngram for greedy requests only; off decodes one token at a time.",
+    )
+    draft_max: int = Field(8, ge=1, le=32, description="Most draft tokens a slot verifies per step.")
     max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")
     seed: int | None = Field(None, description="Default sampling seed when a request gives none.")
     rpc: str | None = Field(

@@ -48,11 +48,17 @@ def tiny_mmproj(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_gemma3_mmproj(tmp_path_factory.mktemp("mmproj") / "tiny-gemma3-mmproj.gguf")
 
 
+#: The session engine drafts with prompt lookup, so every API test also runs the speculative
+#: path; tests/test_speculative.py compares its output with an engine that does not.
+TEST_SPECULATION = {"mode": "ngram", "draft_max": 8}
+
+
 @pytest.fixture(scope="session")
 def engine(model_path: Path, tiny_mmproj: Path):
     """One real engine for the whole session: 4 slots of 2048 tokens, with the tiny vision
-    projector loaded so every API's image path runs against the same shared server."""
-    from gemma_local.engine import ContextParams, Engine
+    projector loaded so every API's image path runs against the same shared server, and
+    n-gram speculative decoding on."""
+    from gemma_local.engine import ContextParams, Engine, SpeculationPolicy
 
     eng = Engine(
         model_path,
@@ -60,6 +66,7 @@ def engine(model_path: Path, tiny_mmproj: Path):
         max_queue=8,
         model_id="gemma-3-270m-embedded",
         mmproj_path=tiny_mmproj,
+        speculation=SpeculationPolicy(**TEST_SPECULATION),
     )
     yield eng
     eng.close()

@@ -158,3 +158,32 @@ def test_detect_reads_every_gpu_nvidia_smi_lists(tmp_path: Path, monkeypatch: py
     assert detected.vram_free == 100000 * 2**20 and detected.vram_budget == int(100000 * 2**20 * 0.9)
     monkeypatch.setattr(machine_module, "_gpu_offload_supported", lambda: False)  # a CPU build: GPUs unused
     assert MachineMemory.detect().gpus == ()
+
+
+def test_draft_rows_of_logits_are_counted(model_path: Path) -> None:
+    """Speculative decoding asks llama.cpp for 1 + draft_max rows of logits per slot."""
+    shape = ModelShape.from_gguf(model_path)
+    predicted = estimate(shape, ctx=2048, parallel=4, draft_max=8)
+    model = LlamaModel(model_path, ContextParams(n_ctx_per_seq=2048, n_seq=4, n_threads=1, n_outputs_per_seq=9))
+    try:
+        actual = model.allocations
+    finally:
+        model.close()
+    assert predicted.compute == pytest.approx(actual.compute, rel=0.15)
+    assert predicted.compute > estimate(shape, ctx=2048, parallel=4).compute
+
+
+def test_checkpoints_are_planned_to_fit_and_counted() -> None:
+    big_machine = MachineMemory(total_ram=128 * GIB, available_ram=120 * GIB, gpu_backend=False)
+    roomy = plan(GEMMA3_27B, big_machine)
+    e = roomy.estimate
+    # One checkpoint of the 27B: the 1024-token window on its 52 sliding-window layers (f16).
+    assert e.checkpoint_bytes == 1024 * 52 * 16 * (128 + 128) * 2
+    assert e.checkpoints == 8 and e.checkpoints_total == 8 * 4 * e.checkpoint_bytes
+    assert any("checkpoints per slot" in r for r in roomy.reasons)
+    tight = plan(GEMMA3_27B, MachineMemory(total_ram=24 * GIB, available_ram=20 * GIB, gpu_backend=False))
+    assert tight.estimate.checkpoints < 8 and tight.estimate.total <= tight.budget
+    fixed = plan(GEMMA3_27B, big_machine, checkpoints=2)
+    assert fixed.estimate.checkpoints == 2
+    full = estimate(GEMMA3_27B, ctx=4096, swa_full=True, checkpoints=8)
+    assert full.checkpoints_total == 0  # a full-size cache cuts back exactly without them

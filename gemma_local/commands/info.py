@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from gemma_local.cli_support import engine_options, engine_settings, friendly_errors, plan_for, rpc_workers
+from gemma_local.cli_support import (
+    engine_options,
+    engine_settings,
+    friendly_errors,
+    plan_for,
+    rpc_workers,
+    speculation_policy,
+)
 
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -100,6 +107,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             "vocab": shape.n_vocab,
         },
         "plan": chosen.as_dict(),
+        "speculative": {"setting": settings.speculative, **vars(speculation_policy(settings))},
         "kv_cost": _cost_table(shape, ctxs),
         "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
     }
@@ -138,6 +146,21 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         f"  memory           {_gib(e.total)} = weights {_gib(e.weights)} + KV {_gib(e.kv)} "
         f"+ compute {_gib(e.compute)} + output {_gib(e.output)}"
         + (f" + vision projector {_gib(e.projector)}" if e.projector else "")
+        + (f" + checkpoints {_gib(e.checkpoints_total)}" if e.checkpoints_total else "")
+    )
+    click.echo(
+        f"  checkpoints      {e.checkpoints} per slot, every {settings.checkpoint_every} prompt tokens, "
+        f"{e.checkpoint_bytes / 2**20:.1f} MiB each"
+        if e.checkpoint_bytes
+        else "  checkpoints      none (no sliding-window layers, or a full-size cache)"
+    )
+    spec = speculation_policy(settings)
+    click.echo(
+        f"  speculative      {settings.speculative}: n-gram drafts (prompt lookup"
+        + (", greedy requests only" if spec.mode == "auto" else "")
+        + f"), up to {spec.draft_max} tokens a step, while at most {spec.max_busy} slots generate"
+        if spec.enabled
+        else "  speculative      off (one token per step)"
     )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")

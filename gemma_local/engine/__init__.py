@@ -1,6 +1,8 @@
 """The llama.cpp-backed Gemma 3 engine: requests in, event streams out."""
 
+from gemma_local.engine.drafting import SpeculationPolicy
 from gemma_local.engine.engine import Engine, ModelInfo
+from gemma_local.engine.kv_slots import CheckpointPolicy
 from gemma_local.engine.model import ContextParams
 from gemma_local.engine.stream import GenerationStream
 from gemma_local.engine.types import (
@@ -18,6 +20,7 @@ from gemma_local.engine.types import (
 
 __all__ = [
     "ChatMessage",
+    "CheckpointPolicy",
     "ContextParams",
     "Engine",
     "Finished",
@@ -27,6 +30,7 @@ __all__ = [
     "ImagePart",
     "ModelInfo",
     "SamplingParams",
+    "SpeculationPolicy",
     "TextDelta",
     "TextPart",
     "Timings",

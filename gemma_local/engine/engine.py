@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gemma_local.engine import rpc
 from gemma_local.engine.chat_format import RenderedPrompt, Special, render, render_raw
+from gemma_local.engine.drafting import SpeculationPolicy
+from gemma_local.engine.kv_slots import CheckpointPolicy
 from gemma_local.engine.model import ContextParams, LlamaModel
 from gemma_local.engine.sampling import SamplerChain
 from gemma_local.engine.scheduler import Prompt, Scheduler, SchedulerStats
@@ -59,6 +61,10 @@ class Engine:
         max_queue: requests allowed to wait for a slot before ``ServerBusyError``.
         default_seed: seed for requests that give none (None: random per request).
         model_id: the id the model answers to (default: the file's stem).
+        mmproj_path: a vision projector to load beside the model.
+        checkpoints: how often and how many sliding-window checkpoints each slot keeps
+            (default: :class:`CheckpointPolicy`'s).
+        speculation: speculative decoding (default: off).
 
     Raises:
         ModelNotFoundError, ModelLoadError: the file is missing, not GGUF, or fails to load.
@@ -73,8 +79,12 @@ class Engine:
         default_seed: int | None = None,
         model_id: str | None = None,
         mmproj_path: str | os.PathLike[str] | None = None,
+        checkpoints: CheckpointPolicy | None = None,
+        speculation: SpeculationPolicy | None = None,
     ) -> None:
         params = params or ContextParams(n_ctx_per_seq=DEFAULT_CTX, n_seq=DEFAULT_PARALLEL)
+        if speculation is not None and speculation.enabled:
+            params = replace(params, n_outputs_per_seq=max(params.n_outputs_per_seq, speculation.draft_max + 1))
         self.model = LlamaModel(model_path, params)
         self.vision: VisionProjector | None = None
         try:
@@ -91,7 +101,7 @@ class Engine:
         self.lost: WorkerLostError | None = None
         #: Called (from a llama.cpp thread) with that error, e.g. by a server to report itself degraded.
         self.on_worker_lost: Callable[[WorkerLostError], None] | None = None
-        self._scheduler = Scheduler(self.model, max_queue=max_queue)
+        self._scheduler = Scheduler(self.model, max_queue=max_queue, checkpoints=checkpoints, speculation=speculation)
         if params.rpc_servers:
             rpc.watch_for_loss(params.rpc_servers, self._worker_lost)
 

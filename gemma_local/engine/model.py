@@ -91,6 +91,8 @@ class ContextParams:
     repack: bool = True
     #: Share of the offloaded layers per device (RPC devices first, then local GPUs); () = llama.cpp's.
     tensor_split: tuple[float, ...] = ()
+    #: Rows of logits one sequence may ask for in one batch (1 + the most draft tokens).
+    n_outputs_per_seq: int = 1
 
 
 def check_gguf_file(path: Path) -> None:
@@ -205,11 +207,13 @@ class LlamaModel:
         cp.n_batch = max(p.n_batch, p.n_ubatch)
         cp.n_ubatch = p.n_ubatch
         cp.n_seq_max = p.n_seq
-        # The scheduler asks for at most one row of logits per sequence per batch. Telling
-        # llama.cpp so shrinks the compute buffer by n_vocab × n_ubatch × 4 bytes (512 MiB for
-        # Gemma's 262k vocabulary at n_ubatch 512) that would otherwise be reserved for nothing.
-        cp.n_outputs_max = p.n_seq
-        cp.n_outputs_max_per_seq = 1
+        # The scheduler asks for one row of logits per sequence per batch (more only for a
+        # slot verifying drafts). Telling llama.cpp so shrinks the compute buffer by
+        # n_vocab × n_ubatch × 4 bytes (512 MiB for Gemma's 262k vocabulary at n_ubatch 512)
+        # that would otherwise be reserved for nothing.
+        per_seq = max(1, p.n_outputs_per_seq)
+        cp.n_outputs_max = p.n_seq * per_seq
+        cp.n_outputs_max_per_seq = per_seq
         cp.n_threads = self.n_threads
         cp.n_threads_batch = self.n_threads_batch
         cp.flash_attn_type = _FLASH_ATTN[p.flash_attn]

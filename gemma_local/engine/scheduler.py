@@ -5,7 +5,10 @@ token of every generating request plus chunks of pending prompts (so a long prom
 stalls running streams), then samples each request's token with that request's own sampler
 chain. Requests join between steps and leave, freeing their slot, as soon as they finish or
 are cancelled. A slot keeps its KV after a request ends, so the next request that shares a
-prefix with it (multi-turn chat, a shared system prompt) only computes the new tokens.
+prefix with it (multi-turn chat, a shared system prompt) only computes the new tokens. Which
+slot a request gets, what it reuses there, and the sliding-window checkpoints that let a prompt
+edited far back reuse everything up to the edit are :mod:`gemma_local.engine.kv_slots`'s job;
+prompt chunks end where a checkpoint is due.
 
 A step is at most one micro-batch (``n_ubatch`` tokens), the most llama.cpp computes in one
 pass anyway: a long prompt is decoded over many steps, and between any two the scheduler
@@ -23,11 +26,13 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import llama_cpp
 import numpy as np
 
+from gemma_local.engine.drafting import DraftPacer, NgramDrafter, SpeculationPolicy
+from gemma_local.engine.kv_slots import CheckpointPolicy, Slot, SlotCache
 from gemma_local.engine.model import LlamaModel
 from gemma_local.engine.sampling import SamplerChain
 from gemma_local.engine.stream import GenerationStream
@@ -46,9 +51,6 @@ from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationErr
 
 logger = logging.getLogger("gemma_local.engine")
 
-#: A busy slot's KV is copied for a new request only when it saves at least this many tokens
-#: of prompt processing over the best free slot (a copy moves a whole KV stream).
-MIN_PREFIX_COPY = 256
 #: How long :meth:`Scheduler.close` waits quietly before saying (in the log) what it waits for.
 CLOSE_NOTICE_S = 5.0
 
@@ -94,6 +96,10 @@ class Job:
     prompt_done_at: float = 0.0
     assembler: TextAssembler = field(default_factory=TextAssembler)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
+    drafter: NgramDrafter | None = None
+    pacer: DraftPacer | None = None
+    drafted: int = 0  # draft tokens verified
+    accepted: int = 0  # of which kept
 
     @property
     def prompt(self) -> list[int]:
@@ -102,24 +108,6 @@ class Job:
     @property
     def prefilling(self) -> bool:
         return self.n_past < len(self.prompt)
-
-
-@dataclass(eq=False)
-class Slot:
-    seq_id: int
-    cached: list[int] = field(default_factory=list)  # tokens whose KV this sequence holds
-    job: Job | None = None
-    last_used: float = 0.0
-
-
-def common_prefix_len(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    if n and a[:n] == b[:n]:
-        return n
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 @dataclass(frozen=True)
@@ -135,10 +123,23 @@ class SchedulerStats:
 class Scheduler:
     """Runs every submitted job to completion on one background thread."""
 
-    def __init__(self, model: LlamaModel, *, max_queue: int = 64) -> None:
+    def __init__(
+        self,
+        model: LlamaModel,
+        *,
+        max_queue: int = 64,
+        checkpoints: CheckpointPolicy | None = None,
+        speculation: SpeculationPolicy | None = None,
+    ) -> None:
         self.model = model
         self.max_queue = max_queue
-        self.slots = [Slot(seq_id=i) for i in range(model.params.n_seq)]
+        self.cache = SlotCache(model, checkpoints)
+        self.speculation = speculation or SpeculationPolicy()
+        # Verifying drafts needs a row of logits per draft position (llama.cpp is told the most).
+        self.speculation = replace(
+            self.speculation, draft_max=min(self.speculation.draft_max, model.params.n_outputs_per_seq - 1)
+        )
+        self.slots = self.cache.slots
         self._pending: collections.deque[Job] = collections.deque()
         self._active: list[Job] = []
         self._cond = threading.Condition()
@@ -283,67 +284,30 @@ class Scheduler:
 
     def _start(self, job: Job) -> None:
         job.started_at = time.perf_counter()
-        slot = self._choose_slot(job.prompt)
+        info = job.prompt_info
+        last = len(info.tokens) - 1
+
+        def cut(n: int) -> int:
+            # The last prompt token is always decoded again: its logits give the first new
+            # token. An image is decoded whole, never from its middle.
+            n = min(n, last)
+            inside = info.image_covering(n)
+            return inside if inside is not None else n
+
+        slot, n_keep = self.cache.place(info.tokens, cut)
         slot.job = job
         job.slot = slot
         job.assembler = TextAssembler(job.request.stop)
-        n_keep = self._reuse_prefix(slot, job.prompt_info)
         job.n_past = n_keep
         job.cached_tokens = n_keep
-
-    def _choose_slot(self, prompt: list[int]) -> Slot:
-        """The free slot to run ``prompt`` in, with the most reusable KV already in it.
-
-        Free slots keep the KV of their last request, so they double as the prefix cache; the
-        one chosen for a prompt that matches nothing is the least recently used (LRU eviction).
-        When a *busy* slot shares a much longer prefix (many chats on one system prompt), its
-        whole KV stream is copied into the free slot and trimmed, instead of recomputing.
-        """
-        free = [s for s in self.slots if s.job is None]
-        best = max(free, key=lambda s: (common_prefix_len(s.cached, prompt), -s.last_used))
-        best_len = common_prefix_len(best.cached, prompt)
-        busy = [s for s in self.slots if s.job is not None]
-        if busy:
-            donor = max(busy, key=lambda s: common_prefix_len(s.cached, prompt))
-            if common_prefix_len(donor.cached, prompt) >= best_len + MIN_PREFIX_COPY:
-                target = min(free, key=lambda s: (common_prefix_len(s.cached, prompt), s.last_used))
-                mem = self.model.memory
-                llama_cpp.llama_memory_seq_rm(mem, target.seq_id, -1, -1)
-                # Across KV streams llama.cpp copies whole buffers (at the next decode); the
-                # tail beyond the shared prefix is trimmed right after, in _reuse_prefix.
-                llama_cpp.llama_memory_seq_cp(mem, donor.seq_id, target.seq_id, -1, -1)
-                target.cached = list(donor.cached)
-                return target
-        return best
-
-    def _reuse_prefix(self, slot: Slot, prompt_info: Prompt) -> int:
-        """Trim the slot's KV to the prefix it shares with ``prompt``; return its length."""
-        mem = self.model.memory
-        seq = slot.seq_id
-        prompt = prompt_info.tokens
-        # The last prompt token is always decoded again: its logits give the first new token.
-        n_keep = min(common_prefix_len(slot.cached, prompt), len(prompt) - 1)
-        inside = prompt_info.image_covering(n_keep)
-        if inside is not None:  # an image is decoded whole, never from its middle
-            n_keep = inside
-        if n_keep > 0 and self.model.n_swa > 0:
-            # Sliding-window layers only keep the last n_swa positions. Continuing at n_keep
-            # needs the window before it still in the cache; otherwise start from scratch.
-            pos_min = llama_cpp.llama_memory_seq_pos_min(mem, seq)
-            if pos_min < 0 or pos_min > max(0, n_keep - self.model.n_swa):
-                n_keep = 0
-        if n_keep > 0 and not llama_cpp.llama_memory_seq_rm(mem, seq, n_keep, -1):
-            n_keep = 0
-        if n_keep == 0:
-            llama_cpp.llama_memory_seq_rm(mem, seq, -1, -1)
-        slot.cached = slot.cached[:n_keep]
-        return n_keep
+        if self.speculation.drafts_for(job.request.sampling.temperature):
+            job.drafter = NgramDrafter(info.tokens)
+            job.pacer = DraftPacer(max_len=self.speculation.draft_max)
 
     def _clear_idle_slots(self) -> None:
         for slot in self.slots:
             if slot.job is None:
-                llama_cpp.llama_memory_seq_rm(self.model.memory, slot.seq_id, -1, -1)
-                slot.cached = []
+                self.cache.clear(slot)
 
     def _reap_cancelled(self) -> None:
         for job in [j for j in self._active if j.stream.cancel_requested]:
@@ -362,12 +326,17 @@ class Scheduler:
         room = self._step_tokens
         # What each job adds this step: its next token, or the next chunk of its prompt.
         in_batch: list[tuple[Job, list[int]]] = []
-        for job in [j for j in self._active if not j.prefilling]:
+        generating = [j for j in self._active if not j.prefilling]
+        # Drafts only while few slots generate (see SpeculationPolicy), after every slot's own token.
+        drafting = self.speculation.enabled and len(generating) <= self.speculation.max_busy
+        room -= len(generating)
+        for job in generating:
             if job.n_past >= n_ctx:
                 self._finish(job, "length")
                 continue
-            in_batch.append((job, [job.next_token]))
-            room -= 1
+            drafts = self._drafts(job, room) if drafting else []
+            room -= len(drafts)
+            in_batch.append((job, [job.next_token, *drafts]))
         for job in [j for j in self._active if j.prefilling]:
             if room <= 0:
                 break
@@ -377,6 +346,9 @@ class Scheduler:
             next_image = job.prompt_info.next_image_at_or_after(job.n_past)
             if next_image is not None:
                 end = min(end, next_image)
+            mark = self.cache.next_mark(job.n_past)
+            if mark is not None:  # a chunk ends where a checkpoint is due
+                end = min(end, mark)
             chunk = job.prompt[job.n_past : end]
             in_batch.append((job, chunk))
             room -= len(chunk)
@@ -387,30 +359,76 @@ class Scheduler:
         batch = self._batch
         n = 0
         for job, tokens in in_batch:
-            wants_logits = not job.prefilling or job.n_past + len(tokens) == len(job.prompt)
+            # A generating slot needs logits at its token and at each of its drafts; a prompt
+            # chunk only at the prompt's last token.
+            generating = not job.prefilling
+            wants_logits = generating or job.n_past + len(tokens) == len(job.prompt)
+            first_out = n if generating else n + len(tokens) - 1
             for i, token in enumerate(tokens):
                 batch.token[n] = token
                 batch.pos[n] = job.n_past + i
                 batch.n_seq_id[n] = 1
                 batch.seq_id[n][0] = job.slot.seq_id
-                batch.logits[n] = wants_logits and i == len(tokens) - 1
+                batch.logits[n] = wants_logits and (generating or i == len(tokens) - 1)
                 n += 1
-            job.out_index = n - 1 if wants_logits else -1
+            job.out_index = first_out if wants_logits else -1
         if n == 0:
             return
         batch.n_tokens = n
         rc = llama_cpp.llama_decode(self.model.ctx, batch)
+        self.cache.decoded()
         if rc != 0:
             self._decode_failed(rc, [job for job, _ in in_batch])
             return
         now = time.perf_counter()
         for job, tokens in in_batch:
-            job.slot.cached.extend(tokens)
+            self.cache.append(job.slot, tokens)
+            if not job.prefilling:
+                self._isolated(job, lambda j, tokens=tokens: self._verify(j, tokens))
+                continue
             job.n_past += len(tokens)
+            self.cache.maybe_checkpoint(job.slot, prompt_done=not job.prefilling)
             if job.out_index >= 0:
-                if not job.prompt_done_at:
-                    job.prompt_done_at = now
-                self._isolated(job, self._sample)
+                job.prompt_done_at = now
+                self._isolated(job, lambda j: self._take(j, j.out_index))
+
+    def _drafts(self, job: Job, room: int) -> list[int]:
+        """Draft tokens for ``job`` this step (none without a drafter, a match or room)."""
+        if job.drafter is None or job.pacer is None:
+            return []
+        limit = min(room, self.model.n_ctx_per_seq - job.n_past - 1)
+        if job.request.max_tokens is not None:
+            limit = min(limit, job.request.max_tokens - job.n_generated - 1)
+        k = min(limit, job.pacer.budget())
+        return job.drafter.draft(k) if k > 0 else []
+
+    def _verify(self, job: Job, tokens: list[int]) -> None:
+        """Sample each decoded position of a generating slot; keep drafts while they match.
+
+        ``tokens`` is the slot's next token and its drafts, decoded at ``job.n_past`` on. The
+        token sampled after position i is compared with draft i+1: equal, that draft is kept
+        and the next position is sampled too; otherwise the rest is dropped from the KV.
+        """
+        base = job.n_past
+        drafts = tokens[1:]
+        accepted = 0
+        for i in range(len(tokens)):
+            job.n_past = base + i + 1
+            if not self._take(job, job.out_index + i):
+                break  # finished: the slot keeps its KV as decoded (the record matches it)
+            if i < len(drafts) and job.next_token == drafts[i]:
+                accepted += 1
+                continue
+            break
+        if drafts:
+            job.drafted += len(drafts)
+            job.accepted += accepted
+            if job.pacer is not None:
+                job.pacer.record(len(drafts), accepted)
+        # Roll rejected drafts back out of the KV (exact: they lie inside the sliding window).
+        rejected = job.stream.finished is None and job.n_past < base + len(tokens)
+        if rejected and self.cache.truncate(job.slot, job.n_past) != job.n_past:
+            raise GenerationError("Generation failed: the KV cache could not drop rejected draft tokens.")
 
     def _isolated(self, job: Job, action: Callable[[Job], None]) -> None:
         """Run one job's part of a step; if it raises, that job fails and the others go on."""
@@ -455,6 +473,7 @@ class Scheduler:
                 llama_cpp.llama_set_causal_attn(self.model.ctx, False)
             try:
                 rc = llama_cpp.llama_decode(self.model.ctx, batch)
+                self.cache.decoded()
             finally:
                 if image.non_causal:
                     llama_cpp.llama_set_causal_attn(self.model.ctx, True)
@@ -463,28 +482,28 @@ class Scheduler:
         if rc != 0:
             self._decode_failed(rc, [job])
             return
-        job.slot.cached.extend(job.prompt[job.n_past : job.n_past + n])
+        self.cache.append(job.slot, job.prompt[job.n_past : job.n_past + n])
         job.n_past += n
 
     def _decode_failed(self, rc: int, jobs: list[Job]) -> None:
         reason = {1: "no room left in the KV cache", 2: "aborted"}.get(rc, f"llama_decode returned {rc}")
         logger.error("decode failed (%s) for %d requests", reason, len(jobs))
         for job in jobs:
-            llama_cpp.llama_memory_seq_rm(self.model.memory, job.slot.seq_id, -1, -1)
-            job.slot.cached = []
+            self.cache.clear(job.slot)
             self._fail(job, GenerationError(f"Generation failed: {reason}."))
 
-    def _sample(self, job: Job) -> None:
+    def _take(self, job: Job, index: int) -> bool:
+        """Sample the job's next token from the logits at batch ``index``; return whether it goes on."""
         model = self.model
-        token = job.sampler.sample(model.ctx, job.out_index)
+        token = job.sampler.sample(model.ctx, index)
         if job.n_generated == 0:
             job.first_token_at = time.perf_counter()
         job.n_generated += 1
         if job.request.logprobs is not None:
-            job.pending_logprobs.append(self._logprob(job.out_index, token, job.request.logprobs))
+            job.pending_logprobs.append(self._logprob(index, token, job.request.logprobs))
         if model.is_end_of_generation(token):
             self._finish(job, "stop")
-            return
+            return False
         text, hit = job.assembler.push(model.token_bytes(token))
         if text:
             self._emit(job, text)
@@ -496,6 +515,10 @@ class Scheduler:
             self._finish(job, "length")
         else:
             job.next_token = token
+            if job.drafter is not None:
+                job.drafter.push(token)
+            return True
+        return False
 
     def _logprob(self, index: int, token: int, top_n: int) -> TokenLogprob:
         model = self.model
@@ -522,7 +545,13 @@ class Scheduler:
         job.stream._push(TextDelta(text=text, n_tokens=len(logprobs) or 1, logprobs=logprobs))
 
     def _usage(self, job: Job) -> Usage:
-        return Usage(prompt_tokens=len(job.prompt), completion_tokens=job.n_generated, cached_tokens=job.cached_tokens)
+        return Usage(
+            prompt_tokens=len(job.prompt),
+            completion_tokens=job.n_generated,
+            cached_tokens=job.cached_tokens,
+            draft_tokens=job.drafted,
+            accepted_tokens=job.accepted,
+        )
 
     def _timings(self, job: Job) -> Timings:
         now = time.perf_counter()

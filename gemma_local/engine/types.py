@@ -169,6 +169,9 @@ class Usage:
     completion_tokens: int
     #: Prompt tokens whose KV was reused from the prefix cache instead of being computed.
     cached_tokens: int = 0
+    #: Speculative decoding: draft tokens verified, and how many of them were kept.
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:

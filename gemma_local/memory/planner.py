@@ -11,7 +11,12 @@ following how llama.cpp allocates:
   bytes per cell per layer = n_kv_heads × (k_dim × bytes(type_k) + v_dim × bytes(type_v));
 - compute buffer: activations for one micro-batch plus the f16 attention mask over the cache
   (and, without flash attention, the f32 attention scores of one layer);
-- output buffer: one row of logits per slot (the engine never asks for more).
+- output buffer: one row of logits per slot, or ``1 + draft_max`` with speculative decoding
+  (a slot verifying drafts needs logits at each draft position; llama.cpp grows the buffer to
+  that the first time a step asks for them);
+- sliding-window checkpoints (host memory, :mod:`gemma_local.engine.kv_slots`): per checkpoint,
+  the window's ``n_swa`` cells on every sliding-window layer (llama.cpp saves only the cells
+  still inside the window); ``checkpoints`` per slot, chosen to fit when the user sets none.
 
 ``serve`` (through :func:`plan`) and ``pull`` (through :func:`minimum_plan`, choosing a
 quantization before the download) use this one estimate, so what ``pull`` chose ``serve`` can
@@ -20,7 +25,7 @@ plan. The estimate is checked against what llama.cpp reports allocating, in test
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +45,8 @@ CTX_CANDIDATES = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
 #: The context one slot must hold for a model to count as fitting a machine (``pull``'s test):
 #: room for a real conversation; ``serve`` plans more slots and context where memory allows.
 MIN_USEFUL_CTX = 8192
+#: Sliding-window checkpoints per slot when memory allows (fewer, down to none, when it does not).
+DEFAULT_CHECKPOINTS = 8
 
 
 def pad256(n: int) -> int:
@@ -128,14 +135,20 @@ class MemoryEstimate:
     compute: int
     output: int
     projector: int = 0
+    checkpoints: int = 0  # per slot
+    checkpoint_bytes: int = 0  # one checkpoint
 
     @property
     def kv(self) -> int:
         return self.kv_global + self.kv_swa
 
     @property
+    def checkpoints_total(self) -> int:
+        return self.checkpoints * self.checkpoint_bytes * self.parallel
+
+    @property
     def total(self) -> int:
-        return self.weights + self.projector + self.kv + self.compute + self.output
+        return self.weights + self.projector + self.kv + self.compute + self.output + self.checkpoints_total
 
 
 def estimate(
@@ -148,8 +161,11 @@ def estimate(
     flash_attn: bool = True,
     n_ubatch: int = 512,
     projector_bytes: int = 0,
+    checkpoints: int = 0,
+    draft_max: int = 0,
 ) -> MemoryEstimate:
-    """Memory for ``parallel`` slots of ``ctx`` tokens each (plus a vision projector's weights)."""
+    """Memory for ``parallel`` slots of ``ctx`` tokens each (plus a vision projector's weights and
+    ``checkpoints`` sliding-window checkpoints per slot)."""
     n_ctx = pad256(ctx)
     per_cell_layer = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES[kv_type]
     swa_cells = pad256(min(n_ctx, shape.n_swa + n_ubatch))
@@ -167,7 +183,8 @@ def estimate(
     if shape.n_swa_layers:
         mask += n_ubatch * 2 * (n_ctx if swa_full else swa_cells)
     scores = 0 if flash_attn else n_ubatch * n_ctx * shape.n_head * 4
-    output = shape.n_vocab * 4 * parallel
+    output = shape.n_vocab * 4 * parallel * (1 + draft_max)
+    checkpoint_bytes = 0 if swa_full else int(per_cell_layer * min(shape.n_swa, n_ctx) * shape.n_swa_layers)
     return MemoryEstimate(
         ctx=ctx,
         parallel=parallel,
@@ -177,9 +194,12 @@ def estimate(
         weights=shape.weights_bytes,
         kv_global=kv_global,
         kv_swa=kv_swa,
-        compute=activations + mask + scores + shape.n_vocab * 4,
+        # Draft rows of logits also widen the graph's output (measured: ~half a row each).
+        compute=activations + mask + scores + shape.n_vocab * 4 + shape.n_vocab * 2 * parallel * draft_max,
         output=output,
         projector=projector_bytes,
+        checkpoints=checkpoints if checkpoint_bytes else 0,
+        checkpoint_bytes=checkpoint_bytes,
     )
 
 
@@ -204,6 +224,7 @@ class Plan:
             d["split"] = self.split.as_dict()
         d["estimate"]["total"] = self.estimate.total
         d["estimate"]["kv"] = self.estimate.kv
+        d["estimate"]["checkpoints_total"] = self.estimate.checkpoints_total
         return d
 
 
@@ -218,6 +239,8 @@ def plan(
     flash_attn: bool = True,
     n_ubatch: int = 512,
     projector_bytes: int = 0,
+    checkpoints: int | None = None,
+    draft_max: int = 0,
 ) -> Plan:
     """Choose context, slots, KV type and GPU layers that fit, keeping anything the user fixed.
 
@@ -227,6 +250,9 @@ def plan(
         ctx, parallel, kv_type: the user's choices (``None``: choose).
         swa_full, flash_attn, n_ubatch: how the context will be created.
         projector_bytes: the vision projector loaded beside the model (0 without).
+        draft_max: draft tokens a slot may verify per step (speculative decoding; 0: off).
+        checkpoints: sliding-window checkpoints per slot (``None``: up to
+            :data:`DEFAULT_CHECKPOINTS`, as many as fit beside the chosen configuration).
 
     Returns:
         The most slots (4, 2, 1), then the largest context, then f16 before q8_0 that fit;
@@ -250,6 +276,8 @@ def plan(
             flash_attn=flash_attn,
             n_ubatch=n_ubatch,
             projector_bytes=projector_bytes,
+            checkpoints=checkpoints or 0,
+            draft_max=draft_max,
         )
 
     def fits(e: MemoryEstimate) -> bool:
@@ -277,6 +305,15 @@ def plan(
             reasons.append(f"Context reduced from {target} to {chosen.ctx} tokens to fit.")
         if not kv_type and chosen.kv_type != "f16":
             reasons.append("KV cache quantized to q8_0 to fit.")
+        if checkpoints is None and chosen.checkpoint_bytes:
+            room = max(0, budget - chosen.total) // (chosen.checkpoint_bytes * chosen.parallel)
+            chosen = replace(chosen, checkpoints=int(min(DEFAULT_CHECKPOINTS, room)))
+        if chosen.checkpoints_total:
+            reasons.append(
+                f"{chosen.checkpoints} sliding-window checkpoints per slot "
+                f"({chosen.checkpoint_bytes / 2**20:.0f} MiB each, {chosen.checkpoints_total / GIB:.2f} GiB in all) "
+                "let prompts edited far back reuse the cache."
+            )
     gpu_layers = 0
     if machine.gpu_backend:
         if vram is None:

@@ -117,6 +117,8 @@ def combine_usage(usages: Sequence[Usage]) -> Usage:
         prompt_tokens=usages[0].prompt_tokens,
         completion_tokens=sum(u.completion_tokens for u in usages),
         cached_tokens=min(u.cached_tokens for u in usages),
+        draft_tokens=sum(u.draft_tokens for u in usages),
+        accepted_tokens=sum(u.accepted_tokens for u in usages),
     )
 
 
@@ -443,6 +445,8 @@ def _after_rounds(earlier: list[Finished], last: Finished) -> Finished:
         prompt_tokens=sum(f.usage.prompt_tokens for f in rounds),
         completion_tokens=sum(f.usage.completion_tokens for f in rounds),
         cached_tokens=sum(f.usage.cached_tokens for f in rounds),
+        draft_tokens=sum(f.usage.draft_tokens for f in rounds),
+        accepted_tokens=sum(f.usage.accepted_tokens for f in rounds),
     )
     first = rounds[0].timings
     timings = replace(

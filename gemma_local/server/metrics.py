@@ -89,6 +89,15 @@ class ServerMetrics:
         self.completion_tokens = Counter(
             "gemma_local_completion_tokens", "Tokens generated.", ["endpoint", "model"], registry=r
         )
+        self.draft_tokens = Counter(
+            "gemma_local_draft_tokens", "Speculative draft tokens verified.", ["endpoint", "model"], registry=r
+        )
+        self.accepted_tokens = Counter(
+            "gemma_local_draft_accepted_tokens",
+            "Speculative draft tokens accepted (kept).",
+            ["endpoint", "model"],
+            registry=r,
+        )
         self.generations = Counter(
             "gemma_local_generations",
             "Generations finished, by reason.",
@@ -127,6 +136,8 @@ class ServerMetrics:
         self.prompt_tokens.labels(endpoint, model).inc(usage.prompt_tokens)
         self.cached_tokens.labels(endpoint, model).inc(usage.cached_tokens)
         self.completion_tokens.labels(endpoint, model).inc(usage.completion_tokens)
+        self.draft_tokens.labels(endpoint, model).inc(usage.draft_tokens)
+        self.accepted_tokens.labels(endpoint, model).inc(usage.accepted_tokens)
         if usage.completion_tokens > 0 and timings.time_to_first_token_s > 0:
             self.ttft.labels(endpoint, model).observe(timings.time_to_first_token_s)
         if usage.completion_tokens > 1 and timings.generation_s > 0:

@@ -146,6 +146,8 @@ class RequestRecord:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    draft_tokens: int = 0
+    accepted_tokens: int = 0
     time_to_first_token_s: float | None = None
     tokens_per_s: float | None = None
     finish: str | None = None
@@ -153,9 +155,15 @@ class RequestRecord:
     def line(self, method: str, path: str, status: int, elapsed_s: float) -> str:
         ttft = f"{self.time_to_first_token_s:.3f}s" if self.time_to_first_token_s is not None else "-"
         tps = f"{self.tokens_per_s:.1f}" if self.tokens_per_s is not None else "-"
+        # Speculative decoding: accepted/drafted tokens and the acceptance rate.
+        draft = (
+            f" draft={self.accepted_tokens}/{self.draft_tokens}({self.accepted_tokens / self.draft_tokens:.0%})"
+            if self.draft_tokens
+            else ""
+        )
         return (
             f"{self.request_id} {method} {path} status={status} in={self.prompt_tokens} "
-            f"out={self.completion_tokens} cached={self.cached_tokens} ttft={ttft} tok/s={tps} "
+            f"out={self.completion_tokens} cached={self.cached_tokens}{draft} ttft={ttft} tok/s={tps} "
             f"finish={self.finish or '-'} time={elapsed_s:.3f}s{self.model_field()}"
         )
 

@@ -68,6 +68,8 @@ class RequestObserver:
             return
         record.prompt_tokens = summary.usage.prompt_tokens
         record.cached_tokens = summary.usage.cached_tokens
+        record.draft_tokens = summary.usage.draft_tokens
+        record.accepted_tokens = summary.usage.accepted_tokens
         record.time_to_first_token_s = summary.time_to_first_token_s
         record.tokens_per_s = summary.tokens_per_s
 

@@ -1,0 +1,185 @@
+"""Prefix reuse when a long conversation is edited far back, and across conversations.
+
+Cases (issue 19): a cached conversation of ~N tokens (default 8K) edited 600, 2,000 and 6,000
+tokens before its end; two conversations sharing a ~N/2-token system prompt. For each: cached
+tokens vs the common prefix, and time to first token vs the same prompt computed cold. Then
+decode speed with checkpoints on vs off (two engines resident, rounds interleaved).
+
+    .venv/bin/python bench/prefix_edits.py [--tokens 8192] [--rounds 2]
+
+llama-server is not run side by side here: see bench/README.md for why.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import THREADS, machine, median, model_path, write_result
+
+from gemma_local.engine import (
+    ChatMessage,
+    CheckpointPolicy,
+    ContextParams,
+    Engine,
+    GenerationRequest,
+    SamplingParams,
+)
+from gemma_local.engine.kv_slots import common_prefix_len
+
+GREEDY = SamplingParams(temperature=0.0)
+
+
+def note(i: int) -> str:
+    return f"Record {i}: the shipment {i} left port {i % 17} carrying {i * 7 % 13} crates of tea."
+
+
+def conversation(notes: list[str], question: str = "Which shipments carried 5 crates?") -> GenerationRequest:
+    return GenerationRequest(
+        messages=(ChatMessage.text("system", "\n".join(notes)), ChatMessage.text("user", question)),
+        sampling=GREEDY,
+        max_tokens=1,
+    )
+
+
+def notes_for(engine: Engine, n_tokens: int) -> list[str]:
+    per = len(engine.prompt_tokens(conversation([note(i) for i in range(100)]))) / 100
+    notes = [note(i) for i in range(int(n_tokens / per) - 2)]
+    while len(engine.prompt_tokens(conversation(notes))) < n_tokens:
+        notes.append(note(len(notes)))
+    return notes
+
+
+def edited_at(engine: Engine, notes: list[str], before_end: int) -> tuple[GenerationRequest, int]:
+    """The conversation with the note about ``before_end`` tokens before its end rewritten."""
+    base = engine.prompt_tokens(conversation(notes))
+    best = None
+    for i in range(len(notes)):
+        changed = list(notes)
+        changed[i] = f"Record {i}: (cleared)"
+        request = conversation(changed)
+        d = common_prefix_len(base, engine.prompt_tokens(request))
+        if best is None or abs((len(base) - d) - before_end) < abs((len(base) - best[1]) - before_end):
+            best = (request, d)
+        if len(base) - d < before_end:
+            break
+    assert best is not None
+    return best
+
+
+def ttft(engine: Engine, request: GenerationRequest) -> tuple[float, int, int]:
+    result = engine.generate(request)
+    return result.timings.time_to_first_token_s, result.usage.cached_tokens, result.usage.prompt_tokens
+
+
+def decode_speed(engines: dict[str, Engine], rounds: int) -> dict[str, float]:
+    request = GenerationRequest(
+        messages=(ChatMessage.text("user", "Write a long story about a lighthouse keeper."),),
+        sampling=GREEDY,
+        max_tokens=96,
+    )
+    speeds: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            result = engine.generate(request)
+            speeds[name].append(result.usage.completion_tokens / result.timings.generation_s)
+    return {name: round(median(v), 2) for name, v in speeds.items()}
+
+
+def decode_only(engine: Engine, params: ContextParams, cached: GenerationRequest, rounds: int) -> None:
+    """Decode speed, checkpoints on vs off, each engine holding the same cached prompt."""
+    plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
+    for e in (engine, plain):
+        e.generate(cached)
+    speeds = decode_speed({"checkpoints_on": engine, "checkpoints_off": plain}, rounds)
+    plain.close()
+    engine.close()
+    write_result(
+        "prefix_edits_decode",
+        {
+            "bench": "prefix_edits --decode-only",
+            "machine": machine(),
+            "decode_tok_s": speeds,
+            "decode_on_over_off": round(speeds["checkpoints_on"] / speeds["checkpoints_off"], 3),
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--tokens", type=int, default=8192, help="length of the cached conversation")
+    parser.add_argument("--rounds", type=int, default=2, help="decode-speed rounds")
+    parser.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
+    args = parser.parse_args()
+    params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
+    engine = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024))
+    notes = notes_for(engine, args.tokens)
+    base = conversation(notes)
+    n_base = len(engine.prompt_tokens(base))
+    rows = []
+    started = time.perf_counter()
+
+    if args.decode_only:
+        decode_only(engine, params, base, args.rounds)
+        return
+    engine.generate(base)  # the cached conversation
+    for before_end in (600, 2000, 6000):
+        if before_end >= n_base:
+            continue
+        request, common = edited_at(engine, notes, before_end)
+        warm_s, cached, prompt = ttft(engine, request)
+        rows.append(
+            {
+                "case": f"edit {before_end} before end",
+                "prompt": prompt,
+                "common": common,
+                "cached": cached,
+                "warm_ttft_s": warm_s,
+                "request": request,
+            }
+        )
+    half = notes[: len(notes) // 2]
+    shared_a, shared_b = conversation(half, "Which shipment left port 3 first?"), conversation(half, "List port 5.")
+    engine.generate(shared_a)
+    warm_s, cached, prompt = ttft(engine, shared_b)
+    common = common_prefix_len(engine.prompt_tokens(shared_a), engine.prompt_tokens(shared_b))
+    rows.append(
+        {
+            "case": "second conversation, shared system prompt",
+            "prompt": prompt,
+            "common": common,
+            "cached": cached,
+            "warm_ttft_s": warm_s,
+            "request": shared_b,
+        }
+    )
+    for row in rows:
+        engine.clear_prefix_cache()
+        row["cold_ttft_s"], _, _ = ttft(engine, row.pop("request"))
+        row["cached_of_common"] = round(row["cached"] / row["common"], 3)
+        row["warm_over_cold"] = round(row["warm_ttft_s"] / row["cold_ttft_s"], 3)
+        row["warm_ttft_s"] = round(row["warm_ttft_s"], 3)
+        row["cold_ttft_s"] = round(row["cold_ttft_s"], 3)
+    bench_s = time.perf_counter() - started
+
+    plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
+    # The same cache state on both: an idle slot holding a long prompt widens every slot's
+    # attention (llama.cpp sizes it by the fullest KV stream), checkpoints or not.
+    plain.generate(shared_b)
+    speeds = decode_speed({"checkpoints_on": engine, "checkpoints_off": plain}, args.rounds)
+    plain.close()
+    engine.close()
+    result = {
+        "bench": "prefix_edits",
+        "machine": machine(),
+        "conversation_tokens": n_base,
+        "cases": rows,
+        "decode_tok_s": speeds,
+        "decode_on_over_off": round(speeds["checkpoints_on"] / speeds["checkpoints_off"], 3),
+        "cases_wall_s": round(bench_s, 1),
+    }
+    write_result("prefix_edits", result)
+
+
+if __name__ == "__main__":
+    main()
