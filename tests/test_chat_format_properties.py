@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 from itertools import pairwise
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -136,3 +138,102 @@ def test_tokens_are_append_only(engine, conversation: list[ChatMessage]) -> None
         assert tokens[k][-len(generation_prompt) :] == generation_prompt
         before = tokens[k][: -len(generation_prompt)]
         assert tokens[longer][: len(before)] == before, (k, longer)
+
+
+# --- the same through each API's translator --------------------------------------------------------
+
+TURN_ROLES = ["system", "developer", "user", "assistant", "tool_result"]
+ADD_TOOL = {
+    "name": "add",
+    "description": "Add.",
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}},
+}
+
+
+@st.composite
+def turns(draw: st.DrawFn) -> tuple[str, str, bool, list[dict]]:
+    """A neutral turn: (role, text, as a list of parts?, calls an assistant made)."""
+    role = draw(st.sampled_from(TURN_ROLES))
+    calls = draw(st.lists(st.fixed_dictionaries({"a": st.integers(-3, 3)}), max_size=2)) if role == "assistant" else []
+    return role, draw(texts.filter(str.strip)), draw(st.booleans()), calls
+
+
+def _chat(conversation) -> dict:
+    messages = []
+    for i, (role, text, as_list, calls) in enumerate(conversation):
+        content = [{"type": "text", "text": text}] if as_list else text
+        if role == "tool_result":
+            messages.append({"role": "tool", "tool_call_id": f"call_{i}", "content": content})
+        elif role == "assistant":
+            tool_calls = [
+                {"id": f"call_{i}_{j}", "type": "function", "function": {"name": "add", "arguments": json.dumps(c)}}
+                for j, c in enumerate(calls)
+            ]
+            messages.append({"role": "assistant", "content": text, **({"tool_calls": tool_calls} if calls else {})})
+        else:
+            messages.append({"role": role, "content": content})
+    return {"model": "m", "messages": messages, "tools": [{"type": "function", "function": ADD_TOOL}]}
+
+
+def _responses(conversation) -> dict:
+    items: list[dict] = []
+    for i, (role, text, as_list, calls) in enumerate(conversation):
+        if role == "tool_result":
+            items.append({"type": "function_call_output", "call_id": f"call_{i}", "output": text})
+        elif role == "assistant":
+            items.append({"role": "assistant", "content": text})
+            items += [
+                {"type": "function_call", "call_id": f"call_{i}_{j}", "name": "add", "arguments": json.dumps(c)}
+                for j, c in enumerate(calls)
+            ]
+        else:
+            items.append({"role": role, "content": [{"type": "input_text", "text": text}] if as_list else text})
+    return {"model": "m", "input": items, "tools": [{"type": "function", **ADD_TOOL}]}
+
+
+def _messages(conversation) -> dict:
+    messages = []
+    for i, (role, text, as_list, calls) in enumerate(conversation):
+        blocks = [{"type": "text", "text": text}]
+        if role == "tool_result":
+            messages.append(
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": f"t{i}", "content": text}]}
+            )
+        elif role == "assistant":
+            uses = [{"type": "tool_use", "id": f"t{i}_{j}", "name": "add", "input": c} for j, c in enumerate(calls)]
+            messages.append({"role": "assistant", "content": blocks + uses})
+        else:  # a developer message is a system message to Anthropic's API
+            messages.append({"role": "user" if role == "user" else "system", "content": blocks if as_list else text})
+    tool = {"name": "add", "description": "Add.", "input_schema": ADD_TOOL["parameters"]}
+    return {"model": "m", "max_tokens": 5, "messages": messages, "tools": [tool]}
+
+
+def _rendered(api: str, conversation) -> tuple:
+    from gemma_local.pipeline.tooling import plan_generation
+    from gemma_local.server import anthropic_messages, openai_chat, openai_responses
+    from gemma_local.server.anthropic_messages_schemas import MessagesRequest
+    from gemma_local.server.openai_chat_schemas import ChatCompletionRequest
+    from gemma_local.server.openai_responses_schemas import ResponseCreateRequest
+
+    if api == "chat":
+        request = openai_chat.to_pipeline_request(ChatCompletionRequest.model_validate(_chat(conversation)))
+    elif api == "responses":
+        body = ResponseCreateRequest.model_validate(_responses(conversation))
+        items = openai_responses.stored_input_items(body.input)
+        request = openai_responses.to_pipeline_request(body, items, [f"input[{i}]" for i in range(len(items))])
+    else:
+        request = anthropic_messages.to_pipeline_request(MessagesRequest.model_validate(_messages(conversation)))
+    generation, _ = plan_generation(request.generation, request.tools, request.tool_choice, None)
+    return render(generation.messages).segments
+
+
+@pytest.mark.parametrize("api", ["chat", "responses", "messages"])
+@settings(max_examples=150, deadline=None, database=None)
+@given(conversation=st.lists(turns(), min_size=1, max_size=7))
+def test_every_api_renders_append_only(api: str, conversation) -> None:
+    """Through each API's own request shape (list and string content, calls, results, tools)."""
+    ks = [k for k in range(1, len(conversation) + 1) if conversation[k - 1][0] != "assistant"]
+    for k, longer in pairwise(ks):
+        before = flat(without_generation_prompt(RenderedPrompt(_rendered(api, conversation[:k]))))
+        after = flat(_rendered(api, conversation[:longer]))
+        assert after[: len(before)] == before, (api, k, longer)
