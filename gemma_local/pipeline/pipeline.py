@@ -27,6 +27,7 @@ from gemma_local.engine.scheduler import SchedulerStats
 from gemma_local.engine.tools import ToolPlan
 from gemma_local.errors import GemmaLocalError
 from gemma_local.images import ImagePolicy
+from gemma_local.pipeline.forcing import ToolForcing
 from gemma_local.pipeline.generation import Generation, GenerationObserver
 from gemma_local.pipeline.grounding import aground
 from gemma_local.pipeline.images import check_vision, load_images
@@ -66,6 +67,8 @@ class Pipeline:
         limits: the output cap and the other per-request limits.
         image_policy: how images named by URL or base64 are loaded (sizes, remote fetching).
         search_chain: the search hook's providers (default: built from settings on first use).
+        forcing: a tool whose call is forced at the start of each user turn (``serve
+            --force-tool``; default: none).
     """
 
     def __init__(
@@ -74,9 +77,11 @@ class Pipeline:
         limits: RequestLimits | None = None,
         image_policy: ImagePolicy | None = None,
         search_chain: ProviderChain | None = None,
+        forcing: ToolForcing | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits or RequestLimits(default_seed=engine.default_seed)
+        self.forcing = forcing or ToolForcing()
         self.image_policy = image_policy or ImagePolicy()
         self._search_chain = search_chain
         self.info = engine.info
@@ -159,6 +164,7 @@ class Pipeline:
         return replace(request, generation=request.generation.model_copy(update={"messages": loaded}))
 
     def _plan(self, request: PipelineRequest) -> tuple[PipelineRequest, ToolPlan | None]:
+        request = self.forcing.apply(request)
         generation, plan = plan_generation(
             request.generation,
             request.tools,

@@ -11,7 +11,7 @@ from fastapi import Request
 
 from gemma_local.errors import ModelLoadError
 from gemma_local.images import ImagePolicy
-from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits
+from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits, ToolForcing
 from gemma_local.search import ProviderChain
 from gemma_local.server.errors import EngineNotReadyError
 from gemma_local.server.metrics import ServerMetrics
@@ -59,6 +59,7 @@ class Runtime:
                 RequestLimits(max_output_tokens=self.settings.max_output_tokens, default_seed=engine.default_seed),
                 ImagePolicy.from_settings(self.settings),
                 self.search_chain,
+                ToolForcing(self.settings.force_tool),
             )
             self.status = "ready"
             return True
