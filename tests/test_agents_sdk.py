@@ -3,9 +3,8 @@
 ``tool_choice="required"`` forces the first answer to call ``add``; the SDK then runs the
 tool and asks again with the choice reset, and the run ends with that answer's text. What
 broke before: a forced choice that never ended (the same call until the token limit) and call
-markup leaking into the final text. The embedded 270M, asked again after the result, writes
-the same call once more; the server ends an answer at a call already made, so the final text
-is empty here — text, never markup.
+markup leaking into the final text. Asked again after the result, the embedded 270M (greedy)
+writes only call-fence markup (4 tokens), so its final text is empty here: text, never markup.
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def test_a_required_tool_run_completes_with_text(live_server, model_class: str) 
     outputs = [i for i in result.new_items if isinstance(i, agents.ToolCallOutputItem)]
     assert calls and len(outputs) == len(calls)
     # One call: the forced answer stops at its first repeat, and the free answer after the
-    # result (the 270M repeats its call there) is not another round.
+    # result is not another round.
     assert len(calls) == 1 and len(outputs) == 1 and outputs[0].output == 5
     assert len(result.raw_responses) == 2
     final = result.final_output
