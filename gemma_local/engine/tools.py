@@ -146,17 +146,18 @@ def render_tool_calls(calls: Sequence[ToolCall]) -> str:
 def render_tool_instructions(tools: Sequence[ToolSpec], tool_choice: ToolChoice = "auto") -> str:
     """The text that offers ``tools`` to the model (to put before the first user message).
 
+    The text is the same whatever ``tool_choice`` forces (``required``, a named function):
+    forcing is the grammar's job. Agents switch the choice between turns (an SDK forces the
+    first call, then lets the model answer), and instructions that changed with it would
+    change the prompt near its start, so the next turn could reuse none of the cached prompt.
+
     Args:
         tools: the functions on offer.
-        tool_choice: ``auto`` (may call), ``required`` (must call one or more), a
-            :class:`NamedToolChoice` (must call that one) or ``none`` (returns "").
+        tool_choice: ``none`` returns ""; any other choice offers the tools the same way.
 
     Returns:
         Instructions in Google's style: the format, "only the call and no other text", then
         one JSON definition per line. Empty for ``none`` or no tools.
-
-    Raises:
-        InvalidRequestError: a named choice names no tool on offer.
     """
     if tool_choice == "none" or not tools:
         return ""
@@ -170,15 +171,10 @@ def render_tool_instructions(tools: Sequence[ToolSpec], tool_choice: ToolChoice 
         "To call several functions, write one tool_call block per call. If you call a function, reply "
         "with only the tool_call block(s) and no other text. Each result will come back to you in a "
         "tool_output block.",
+        "If none of the functions helps, answer normally without calling one.",
+        "",
+        "Functions:",
     ]
-    if isinstance(tool_choice, NamedToolChoice):
-        _select(tools, tool_choice)
-        lines.append(f"You must call the function {tool_choice.name}.")
-    elif tool_choice == "required":
-        lines.append("You must call at least one of the functions.")
-    else:
-        lines.append("If none of the functions helps, answer normally without calling one.")
-    lines += ["", "Functions:"]
     lines += [json.dumps(t.definition(), ensure_ascii=False) for t in tools]
     return "\n".join(lines)
 
