@@ -16,7 +16,11 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 from agent_clients import LoggedRequest, ServeProcess, agent_binary, codex_home, serve
+
+#: Past the suite's 300 s per-test timeout: a cold prefill of a client's prompt takes minutes on a loaded CPU.
+pytestmark = pytest.mark.timeout(1800)
 
 MODEL = "gemma-3-27b"
 #: A Claude Code turn on a loaded 2-core CPU: one ~5K-token prefill, then cached requests.
@@ -82,12 +86,16 @@ CODEX_CONFIG = """\
 model = "{model}"
 model_provider = "gemma-local"
 model_context_window = 16384
+web_search = "disabled"
 
 [model_providers.gemma-local]
 name = "gemma-local"
 base_url = "{base_url}/v1"
 env_key = "GEMMA_LOCAL_CLIENT_KEY"
 wire_api = "responses"
+
+[features]
+multi_agent = false
 """
 
 
