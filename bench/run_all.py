@@ -17,6 +17,7 @@ BENCHES = [
     ["vision.py"],
     ["soak.py"],
     ["search_index.py"],
+    ["cold_model.py"],
 ]
 
 

@@ -31,6 +31,7 @@ def _register_commands() -> None:
     from gemma_local.commands.index import index
     from gemma_local.commands.info import info
     from gemma_local.commands.models import models
+    from gemma_local.commands.ps import ps
     from gemma_local.commands.pull import pull
     from gemma_local.commands.serve import serve
 
@@ -41,6 +42,7 @@ def _register_commands() -> None:
     main.add_command(index)
     main.add_command(info)
     main.add_command(serve)
+    main.add_command(ps)
 
 
 _register_commands()

@@ -249,20 +249,28 @@ def check_memory(model_id: str, chosen: Plan, machine: MachineMemory) -> None:
     )
 
 
-def open_engine(settings: EngineSettings, *, default_parallel: int | None = None, announce: bool = False):
+def open_engine(
+    settings: EngineSettings,
+    *,
+    default_parallel: int | None = None,
+    announce: bool = False,
+    machine: MachineMemory | None = None,
+):
     """Resolve the model, plan its memory and load it; the heavy imports happen only here.
 
     Args:
         settings: the user's flags and env vars; unset sizes are chosen by the memory planner.
         default_parallel: slots to use when the user set none (1 for one-shot CLI commands).
         announce: print the chosen plan and why on stderr (``serve`` does).
+        machine: the memory to plan for (default: this machine, detected now); serving many
+            models plans each against the memory measured at start, so plans stay the same.
     """
     from gemma_local.engine import ContextParams, Engine
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory
 
     resolved = resolve_model(settings.model)
-    machine = MachineMemory.detect()
+    machine = machine or MachineMemory.detect()
     mmproj = settings.mmproj or resolved.mmproj
     chosen = plan_for(settings, resolved.path, mmproj_path=mmproj, default_parallel=default_parallel, machine=machine)
     if announce:

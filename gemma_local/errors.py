@@ -133,6 +133,29 @@ class EngineClosedError(GemmaLocalError):
         super().__init__("The engine is shutting down and accepts no new requests.")
 
 
+class ModelTooLargeError(InvalidRequestError):
+    """A model needs more memory than the server may use, even with every other model unloaded."""
+
+    code = "model_too_large"
+    param = "model"
+
+    def __init__(self, message: str, *, model_id: str, needed_bytes: int, budget_bytes: int) -> None:
+        self.model_id = model_id
+        self.needed_bytes = needed_bytes
+        self.budget_bytes = budget_bytes
+        super().__init__(message)
+
+
+class ModelNotReadyError(GemmaLocalError):
+    """The model asked for is still loading, or memory is held by models in use (HTTP 503, Retry-After)."""
+
+    code = "model_loading"
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        self.retry_after_s = retry_after_s
+        super().__init__(message)
+
+
 class GenerationError(GemmaLocalError):
     """llama.cpp failed while generating for this request (the engine itself keeps running)."""
 

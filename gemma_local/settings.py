@@ -68,8 +68,8 @@ class EngineSettings(_Settings):
 
     model: str | None = Field(
         None,
-        description="Model name in the store, or a GGUF path (default: serve takes the largest stored model, "
-        "other commands the embedded Gemma 3 270M).",
+        description="Model name in the store, or a GGUF path (default: serve offers every stored model and the "
+        "embedded one, loaded on demand; other commands use the embedded Gemma 3 270M).",
     )
     mmproj: str | None = Field(None, description="Vision projector GGUF (default: the one stored with the model).")
     ctx: int | None = Field(None, ge=256, le=131072, description="Context tokens per request slot (default: planned).")
@@ -141,6 +141,35 @@ class ServerSettings(_Settings):
         ge=0,
         le=3600,
         description="Seconds answers in progress get to finish on Ctrl-C or SIGTERM before they are ended.",
+    )
+    # --- serving the store on demand (serve without --model) ---
+    keep_alive: str = Field(
+        "5m",
+        description="How long a model stays loaded once idle, e.g. 30s, 5m, 1h; 0 unloads it after each request, "
+        "-1 keeps it loaded. A request's keep_alive field overrides it (not with --model).",
+    )
+    max_loaded: int | None = Field(
+        None, ge=1, le=64, description="Most models loaded at once (default: as many as memory holds)."
+    )
+    max_memory_gib: float | None = Field(
+        None,
+        gt=0,
+        description="GiB the loaded models may take together (default: what the memory planner may use on "
+        "this machine); the least recently used idle model is unloaded to make room.",
+    )
+    model_aliases: list[str] = Field(
+        default_factory=list,
+        description="NAME=MODEL: requests for NAME get MODEL, e.g. gpt-4o=gemma-3-12b.",
+    )
+    load_timeout: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a request waits for its model to load before a 503 with Retry-After (the load goes on).",
+    )
+    admin_key: str | None = Field(
+        None,
+        description="Key for POST /v1/models/{id}/load and /unload (default: the API key; with neither, open).",
     )
 
 

@@ -384,7 +384,8 @@ def _limit_address_space() -> None:
 
 def test_absurd_context_fails_with_a_clear_message() -> None:
     # 32768 tokens × 64 slots with a full-size f16 cache: ~36 GiB for the 270M model.
-    args = ("--ctx", "32768", "--parallel", "64", "--swa-full", "--kv-type", "f16", "--threads", "1")
+    args = ("--model", "gemma-3-270m-embedded", "--ctx", "32768", "--parallel", "64", "--swa-full", "--kv-type", "f16",
+            "--threads", "1")  # fmt: skip
     with serve_process(*args, preexec_fn=_limit_address_space) as server:
         code = server.proc.wait(120)
     assert code == 1, server.stderr

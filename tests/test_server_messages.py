@@ -235,7 +235,7 @@ def test_raw_stream_event_sequence(http, engine, no_eos) -> None:
         {"messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]},
         {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]},
         {"tools": [{"name": "f", "input_schema": {}}], "tool_choice": {"type": "tool", "name": "g"}},
-        {"tools": [{"type": "web_search_20250305", "name": "web_search"}]},
+        {"tools": [{"type": "code_execution_20250522", "name": "code_execution"}]},
     ],
 )
 def test_invalid_request_is_400(http, patch: dict) -> None:

@@ -118,9 +118,9 @@ def test_dependencies_do_not_wait_for_the_thread_pool(engine) -> None:
     from gemma_local.server import create_app
     from gemma_local.server.auth import require_api_key
     from gemma_local.server.openai_responses import get_response_store
-    from gemma_local.server.runtime import get_pipeline
+    from gemma_local.server.runtime import get_models
 
-    for dependency in (require_api_key, get_pipeline, get_response_store):
+    for dependency in (require_api_key, get_models, get_response_store):
         assert inspect.iscoroutinefunction(dependency), dependency.__name__
     app = create_app(engine, server_settings())
 
@@ -174,10 +174,13 @@ def test_health_ready(http) -> None:
 
 
 def test_models_list_and_retrieve(openai_client) -> None:
-    ids = [m.id for m in openai_client.models.list().data]
-    assert ids[0] == "gemma-3-270m-embedded"
-    assert "gemma-3-27b" in ids and "gemma-3-270m" in ids
-    assert not any(i in ids for i in ("gemma-3-4b", "gemma-3-12b", "gemma-3-1b"))
+    listed = openai_client.models.list().data
+    assert [m.id for m in listed] == ["gemma-3-270m-embedded"]  # one object per model
+    extra = listed[0].model_extra or {}
+    assert "gemma-3-27b" in extra["aliases"] and "gemma-3-270m" in extra["aliases"]
+    assert not any(i in extra["aliases"] for i in ("gemma-3-4b", "gemma-3-12b", "gemma-3-1b"))
+    assert extra["loaded"] is True and extra["context_length"] == 2048
+    assert extra["status"]["pinned"] is True and extra["status"]["slots"] == 4
     model = openai_client.models.retrieve("gemma-3-27b")
     assert model.id == "gemma-3-27b" and model.object == "model" and model.owned_by == "gemma-local"
     with pytest.raises(openai.NotFoundError) as e:
@@ -199,8 +202,8 @@ def test_metrics(http, openai_client) -> None:
     assert after_response.status_code == 200
     assert after_response.headers["content-type"].startswith("text/plain")
     after = after_response.text
-    chat = 'endpoint="/v1/chat/completions"'
-    ok = chat + ',status="200"'
+    chat = 'endpoint="/v1/chat/completions",model="gemma-3-270m-embedded"'
+    ok = 'endpoint="/v1/chat/completions",status="200"'
     requests_before = _metric(before, "gemma_local_requests_total", ok) if ok in before else 0.0
     assert _metric(after, "gemma_local_requests_total", ok) == requests_before + 1
     tokens_delta = _metric(after, "gemma_local_completion_tokens_total", chat) - (
@@ -226,7 +229,11 @@ def test_request_log_line(openai_client, caplog) -> None:
     u = completion.usage
     assert f"POST /v1/chat/completions status=200 in={u.prompt_tokens} out={u.completion_tokens}" in line
     assert f"cached={u.prompt_tokens_details.cached_tokens}" in line
-    assert re.search(r"ttft=\d+\.\d+s tok/s=(\d+\.\d|-) finish=\w+ time=\d+\.\d+s$", line)
+    # The hosted id, answered by the one model here: the substitution is stated.
+    substituted = r" model=gemma-3-27b->gemma-3-270m-embedded \(substituted\)"
+    assert re.search(r"ttft=\d+\.\d+s tok/s=(\d+\.\d|-) finish=\w+ time=\d+\.\d+s" + substituted + "$", line)
+    assert r.headers["x-gemma-local-model"] == "gemma-3-270m-embedded"
+    assert "served by gemma-3-270m-embedded" in r.headers["x-gemma-local-substitution"]
 
 
 def test_openapi_document_describes_request(http) -> None:
@@ -279,24 +286,6 @@ def test_serve_helpers() -> None:
     assert base_urls("::1", 1) == ("http://[::1]:1/v1", "http://[::1]:1")
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.2")
-
-
-def test_best_local_model_prefers_largest_store_model(monkeypatch) -> None:
-    from gemma_local.commands import serve
-    from gemma_local.hub import listing
-    from gemma_local.hub.listing import LocalModel
-
-    embedded = LocalModel(name="gemma-3-270m-embedded", path=None, size_bytes=1, source="embedded", default=True)
-    monkeypatch.setattr(listing, "local_models", lambda: [embedded])
-    assert serve.best_local_model() is None  # → the embedded default
-    rows = [
-        embedded,
-        LocalModel(name="gemma-3-4b", path="/m/4b.gguf", size_bytes=3_000, source="store", default=False),
-        LocalModel(name="gemma-3-12b", path="/m/12b.gguf", size_bytes=8_000, source="store", default=False),
-        LocalModel(name="gemma-3-1b", path="/m/1b.gguf", size_bytes=900, source="store", default=False),
-    ]
-    monkeypatch.setattr(listing, "local_models", lambda: rows)
-    assert serve.best_local_model() == "gemma-3-12b"
 
 
 def test_serve_command_end_to_end(isolated_home) -> None:

@@ -358,11 +358,11 @@ def test_store_retention_by_count_and_age(tmp_path, monkeypatch) -> None:
         ({"background": True}, "background"),
         ({"conversation": "conv_1"}, "conversation"),
         ({"input": [{"role": "wizard", "content": "hi"}]}, "input[0]"),
-        ({"input": [{"type": "web_search_call", "id": "ws_1"}]}, "input[0]"),
+        ({"input": [{"type": "computer_call", "id": "cu_1"}]}, "input[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, "input[0]"),
         ({"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]}, "input[0].content[0]"),
         ({"input": [{"type": "function_call_output", "call_id": "c"}]}, "input[0].output"),
-        ({"tools": [{"type": "web_search"}]}, "tools[0].type"),
+        ({"tools": [{"type": "image_generation"}]}, "tools"),
         (
             {"tools": [{"type": "function", "name": "f"}], "tool_choice": {"type": "function", "name": "g"}},
             "tool_choice",

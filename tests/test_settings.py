@@ -96,7 +96,6 @@ def serve_calls(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
         calls.append({**server.model_dump(), **engine.model_dump(), **search.model_dump()})
 
     monkeypatch.setattr(serve_command, "_run", run)
-    monkeypatch.setattr(serve_command, "best_local_model", lambda: "largest-stored")
     return calls
 
 
@@ -107,6 +106,8 @@ def test_serve_option_env_is_honoured_and_the_flag_overrides_it(
     _, field = _field(option.name)
     env_text, env_value, flag_args, flag_value = _values(option)
     runner = CliRunner()
+    if option.name == "mmproj":  # a projector goes with one model (--mmproj alone is refused)
+        monkeypatch.setenv("GEMMA_LOCAL_MODEL", "some-model")
     assert runner.invoke(main, ["serve"]).exit_code == 0
     monkeypatch.setenv(env_var(option.name), env_text)
     result = runner.invoke(main, ["serve"])
@@ -114,7 +115,8 @@ def test_serve_option_env_is_honoured_and_the_flag_overrides_it(
     result = runner.invoke(main, ["serve", *flag_args])
     assert result.exit_code == 0, result.output
     default, from_env, from_flag = (call[option.name] for call in serve_calls)
-    expected_default = "largest-stored" if option.name == "model" else field.get_default(call_default_factory=True)
+    # No model: every stored model is served on demand.
+    expected_default = field.get_default(call_default_factory=True)
     assert (default, from_env, from_flag) == (expected_default, env_value, flag_value)
 
 

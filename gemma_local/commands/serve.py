@@ -31,16 +31,6 @@ logger = logging.getLogger("gemma_local.server")
 SHUTDOWN_BACKSTOP_S = 5.0
 
 
-def best_local_model() -> str | None:
-    """The largest Gemma 3 model in the local store, or None for the embedded default."""
-    from gemma_local.hub.listing import local_models
-
-    store = [m for m in local_models() if m.source == "store" and m.path and m.size_bytes]
-    if not store:
-        return None
-    return max(store, key=lambda m: m.size_bytes or 0).name
-
-
 def is_loopback(host: str) -> bool:
     """True for addresses only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host == "localhost":
@@ -71,15 +61,30 @@ def base_urls(host: str, port: int) -> tuple[str, str]:
 @setting_option(ServerSettings, "allow_remote_images")
 @setting_option(ServerSettings, "allowed_image_hosts", "--allowed-image-host")
 @setting_option(ServerSettings, "shutdown_grace")
+@setting_option(ServerSettings, "keep_alive", metavar="DURATION")
+@setting_option(ServerSettings, "max_loaded", metavar="N")
+@setting_option(ServerSettings, "max_memory_gib", metavar="GIB")
+@setting_option(ServerSettings, "model_aliases", "--model-alias", metavar="NAME=MODEL")
+@setting_option(ServerSettings, "load_timeout", metavar="SECONDS")
+@setting_option(ServerSettings, "admin_key")
 @search_options
 @engine_options
 @friendly_errors
 def serve(**flags: Any) -> None:
-    """Serve the model over HTTP as an OpenAI and Anthropic compatible API.
+    """Serve models over HTTP as an OpenAI and Anthropic compatible API.
 
     Point any SDK at it: OpenAI(base_url="http://127.0.0.1:8080/v1", api_key=...) or
-    Anthropic(base_url="http://127.0.0.1:8080", api_key=...). The model loads in the background;
-    /health answers 503 until it is ready.
+    Anthropic(base_url="http://127.0.0.1:8080", api_key=...).
+
+    Without --model it serves every model in the store plus the embedded one: a request's
+    "model" picks one (store name, alias, file name, gemma-3-4b, or --model-alias), and the
+    first request for a model loads it; it unloads after --keep-alive idle, or to make room for
+    another (least recently used first). gemma-3-27b with no 27B pulled is answered by the
+    default (largest) model, and the response says so. /v1/models lists them all;
+    `gemma-local ps` shows what is loaded.
+
+    With --model X it serves that one model, loaded in the background at start (/health
+    answers 503 until it is ready) and never unloaded.
 
     Ctrl-C or SIGTERM stops it gracefully: it stops accepting requests, lets answers in progress
     finish for --shutdown-grace seconds, ends any still running with a clean error event, and
@@ -92,15 +97,16 @@ def serve(**flags: Any) -> None:
 def serve_settings(flags: dict[str, Any]) -> tuple[ServerSettings, EngineSettings, SearchSettings]:
     """The server, engine and search settings of ``serve``: its flags, then env, then defaults.
 
-    With no model given (flag or ``GEMMA_LOCAL_MODEL``), the largest model in the store is served.
+    With no model given (flag or ``GEMMA_LOCAL_MODEL``), ``model`` stays ``None``: every model
+    in the store is served on demand.
 
     Raises:
         CliError: an invalid value (most likely an environment variable's).
     """
     settings = settings_from_flags(ServerSettings, flags)
     eng_settings = settings_from_flags(EngineSettings, flags)
-    if eng_settings.model is None:
-        eng_settings = eng_settings.model_copy(update={"model": best_local_model()})
+    if eng_settings.model is None and eng_settings.mmproj is not None:
+        raise CliError("--mmproj needs --model: serving the whole store, each model loads its own projector.")
     return settings, eng_settings, search_settings(**flags)
 
 
@@ -111,8 +117,13 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
     from gemma_local.server import create_app
 
     search_chain = default_chain(search)
-    resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
-    echo_base_model_notice(resolved)
+    if eng_settings.model is None:
+        app, announce = _store_app(settings, eng_settings, search_chain)
+    else:
+        resolved = resolve_model(eng_settings.model)  # fail now, with a clear message, not in the background
+        echo_base_model_notice(resolved)
+        app = None
+        announce = f"serving {resolved.id} (loading; /health turns 200 when ready)"
     if not is_loopback(settings.host) and not settings.api_key:
         click.secho(
             f"WARNING: serving on {settings.host}, reachable from other machines, with NO API key: anyone who can "
@@ -130,17 +141,51 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
         if server is not None:
             server.should_exit = True
 
-    app = create_app(
-        lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
-    )
-    server = _announcing_server(app, settings.host, settings.port, resolved.id, settings.shutdown_grace)
+    if app is None:
+        app = create_app(
+            lambda: open_engine(eng_settings, announce=True), settings, on_load_failure=stop, search_chain=search_chain
+        )
+    server = _announcing_server(app, settings.host, settings.port, announce, settings.shutdown_grace)
     server.run()
     if failures:
         error = failures[0]
         raise CliError(f"The model failed to load: {getattr(error, 'message', error)}") from error
 
 
-def _announcing_server(app: Any, host: str, port: int, model_id: str, grace_s: float) -> Any:
+def _store_app(settings: ServerSettings, eng_settings: EngineSettings, search_chain: Any) -> tuple[Any, str]:
+    """The app serving every model in the store on demand, and the line announcing it."""
+    from gemma_local.commands.serve_models import StoreLoader
+    from gemma_local.memory import GIB
+    from gemma_local.server import create_app
+    from gemma_local.serving import ModelCatalog
+    from gemma_local.serving.catalog import parse_aliases
+
+    catalog = ModelCatalog.from_store(parse_aliases(settings.model_aliases))
+    default = catalog.default  # an empty store and no embedded model: fail now, saying what to pull
+    for entry in catalog.entries:
+        echo_base_model_notice(entry.id)
+    limit = int(settings.max_memory_gib * GIB) if settings.max_memory_gib else None
+    loader = StoreLoader(eng_settings, max_memory_bytes=limit)
+    for entry in catalog.entries:
+        # Said now, not at the first request: a model that can never fit gets a 400 each time.
+        need = loader.plan(entry).memory_bytes
+        if need > loader.budget_bytes:
+            click.echo(
+                f"warning: {entry.id} needs about {need / GIB:.1f} GiB with these settings, more than the "
+                f"{loader.budget_bytes / GIB:.1f} GiB models may use here: requests for it will be refused.",
+                err=True,
+            )
+    logging.getLogger("gemma_local.serving").setLevel(logging.INFO)  # loads and unloads, one line each
+    app = create_app(loader, settings, search_chain=search_chain, catalog=catalog)
+    count = len(catalog.entries)
+    announce = (
+        f"serving {count} model{'s' if count != 1 else ''} on demand (default {default.id}; "
+        f"{loader.budget_bytes / GIB:.1f} GiB for models, keep-alive {settings.keep_alive}); see /v1/models"
+    )
+    return app, announce
+
+
+def _announcing_server(app: Any, host: str, port: int, announce: str, grace_s: float) -> Any:
     """uvicorn's server, printing the base URLs once the socket is bound (port 0 included), and
     stopping gracefully on SIGINT/SIGTERM (see :func:`serve`)."""
     import uvicorn  # here, not at import: every CLI command imports this module
@@ -194,7 +239,7 @@ def _announcing_server(app: Any, host: str, port: int, model_id: str, grace_s: f
                 return
             bound = self.servers[0].sockets[0].getsockname()[1]
             openai_url, anthropic_url = base_urls(host, bound)
-            click.echo(f"gemma-local: serving {model_id} (loading; /health turns 200 when ready)", err=True)
+            click.echo(f"gemma-local: {announce}", err=True)
             click.echo(f"OpenAI base_url: {openai_url}")
             click.echo(f"Anthropic base_url: {anthropic_url}")
             click.echo(f"API docs: {anthropic_url}/docs", err=True)

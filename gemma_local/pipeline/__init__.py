@@ -13,6 +13,7 @@ from gemma_local.pipeline.generation import (
     ChoiceEnd,
     ChoiceEvent,
     ChoiceResult,
+    ChoiceSearch,
     ChoiceToolCall,
     ChoiceTruncatedCall,
     Generation,
@@ -23,6 +24,7 @@ from gemma_local.pipeline.generation import (
     combine_usage,
 )
 from gemma_local.pipeline.grounding import Grounding
+from gemma_local.pipeline.hosted_search import HostedSearch, SearchResult
 from gemma_local.pipeline.pipeline import EngineLike, Pipeline
 from gemma_local.pipeline.request import (
     DEFAULT_MAX_TOKENS,
@@ -41,6 +43,7 @@ __all__ = [
     "ChoiceEnd",
     "ChoiceEvent",
     "ChoiceResult",
+    "ChoiceSearch",
     "ChoiceToolCall",
     "ChoiceTruncatedCall",
     "EngineLike",
@@ -49,6 +52,7 @@ __all__ = [
     "GenerationOutcome",
     "GenerationSummary",
     "Grounding",
+    "HostedSearch",
     "ImageRef",
     "NamedToolChoice",
     "OutputFormat",
@@ -56,6 +60,7 @@ __all__ = [
     "PipelineFinishReason",
     "PipelineRequest",
     "RequestLimits",
+    "SearchResult",
     "ToolCall",
     "ToolChoice",
     "ToolForcing",

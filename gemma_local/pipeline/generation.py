@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Literal, Protocol
 
-from gemma_local.engine import Finished, GenerationStream, TextDelta, Timings, Usage
+from gemma_local.engine import ChatMessage, Finished, GenerationStream, TextDelta, TextPart, Timings, Usage
 from gemma_local.engine.tools import ToolPlan
 from gemma_local.engine.types import TokenLogprob, ToolCall
 from gemma_local.errors import EngineClosedError, GemmaLocalError, GenerationError
 from gemma_local.pipeline.grounding import Grounding
+from gemma_local.pipeline.hosted_search import HostedSearch, SearchResult
 from gemma_local.pipeline.request import PipelineRequest
 from gemma_local.pipeline.tooling import CallSplitter, SplitItem, TruncatedCall
 
@@ -50,6 +51,15 @@ class ChoiceTruncatedCall:
     call: TruncatedCall
 
 
+@dataclass(frozen=True)
+class ChoiceSearch:
+    """Choice ``index`` ran the hosted web search (the pipeline did, through the search hook);
+    the model was given the results and goes on with its answer."""
+
+    index: int
+    search: SearchResult
+
+
 #: ``tool_calls``: the choice ended by calling functions (its ``ChoiceToolCall`` events).
 PipelineFinishReason = Literal["stop", "length", "tool_calls"]
 
@@ -65,7 +75,7 @@ class ChoiceEnd:
     timings: Timings
 
 
-ChoiceEvent = ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall | ChoiceEnd
+ChoiceEvent = ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall | ChoiceSearch | ChoiceEnd
 
 
 @dataclass(frozen=True)
@@ -82,6 +92,8 @@ class ChoiceResult:
     timings: Timings = field(default_factory=Timings)
     #: The call the choice was cut in by its token limit, if it was.
     truncated_call: TruncatedCall | None = None
+    #: The hosted searches it ran, in order.
+    searches: tuple[SearchResult, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,17 @@ class _Progress:
     tokens_seen: int = 0
 
 
+@dataclass
+class _SearchState:
+    """One choice's hosted searches: earlier rounds, and the call that ends the current one."""
+
+    pending: ToolCall | None = None
+    text: list[str] = field(default_factory=list)
+    history: list[ChatMessage] = field(default_factory=list)
+    finished: list[Finished] = field(default_factory=list)
+    results: list[SearchResult] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class GenerationSummary:
     """What a request's generation did, once it is over (finished, failed or cancelled)."""
@@ -141,6 +164,21 @@ class GenerationObserver(Protocol):
         """The generation is over: every choice ended, or it was cut short."""
 
 
+class SearchRounds(Protocol):
+    """What a generation needs to serve the hosted web search (the pipeline provides it)."""
+
+    search: HostedSearch
+
+    async def run(self, call: ToolCall) -> SearchResult:
+        """Run the search the model asked for (never raises)."""
+        ...
+
+    async def resume(self, index: int, history: tuple[ChatMessage, ...], used_tokens: int) -> GenerationStream:
+        """Choice ``index`` again, with ``history`` (its call and the results) after the
+        conversation, and what is left of its output limit."""
+        ...
+
+
 class Generation:
     """The running choices of one request. Consume it once, with :meth:`events` or :meth:`result`.
 
@@ -156,6 +194,7 @@ class Generation:
         grounding: Grounding | None = None,
         tool_plan: ToolPlan | None = None,
         own_stops: tuple[str, ...] = (),
+        search_rounds: SearchRounds | None = None,
     ) -> None:
         self.id = request.request_id
         #: The search hook's sources, footer and metadata (None unless web search was asked).
@@ -173,12 +212,16 @@ class Generation:
         self._own_stops = own_stops
         # JSON requested as the answer: a leading "{" is content, not a call without its fence.
         bare_calls = request.output_format is None or request.output_format.response_schema is None
-        self._splitters = [
-            CallSplitter(tool_plan, request.tools, bare_calls=bare_calls, parallel=request.parallel_tool_calls)
-            for _ in streams
-        ]
+
+        def splitter() -> CallSplitter:
+            return CallSplitter(tool_plan, request.tools, bare_calls=bare_calls, parallel=request.parallel_tool_calls)
+
+        self._new_splitter = splitter
+        self._splitters = [splitter() for _ in streams]
         #: Choices we stopped because their calls were complete (a repeat, or one too many).
         self._stopped: set[int] = set()
+        self._rounds = search_rounds
+        self._searching = [_SearchState() for _ in streams]
 
     @property
     def prompt_tokens(self) -> int:
@@ -225,16 +268,39 @@ class Generation:
                 if isinstance(event, BaseException):
                     raise event
                 splitter = self._splitters[index]
+                state = self._searching[index]
                 if isinstance(event, TextDelta):
                     self._progress.tokens_seen += event.n_tokens
-                    for item in _choice_events(index, splitter.feed(event.text, event.logprobs)):
+                    items = self._hosted_calls(index, splitter.feed(event.text, event.logprobs))
+                    for item in _choice_events(index, items):
+                        if isinstance(item, ChoiceDelta):
+                            state.text.append(item.text)
                         yield item
-                    if splitter.wants_stop and index not in self._stopped:
+                    if (splitter.wants_stop or state.pending is not None) and index not in self._stopped:
                         self._stopped.add(index)
                         self._streams[index].cancel()
                     continue
+                if state.pending is not None and self._rounds is not None and event.finish_reason != "error":
+                    call, state.pending = state.pending, None
+                    state.finished.append(event)
+                    result = await self._rounds.run(call)
+                    state.results.append(result)
+                    yield ChoiceSearch(index=index, search=result)
+                    state.history += [
+                        ChatMessage("assistant", (TextPart("".join(state.text)),), tool_calls=(call,)),
+                        ChatMessage("tool", (TextPart(result.text),)),
+                    ]
+                    state.text = []
+                    used = sum(f.usage.completion_tokens for f in state.finished)
+                    stream = await self._rounds.resume(index, tuple(state.history), used)
+                    self._streams[index] = stream
+                    self._splitters[index] = self._new_splitter()
+                    self._stopped.discard(index)
+                    tasks.append(asyncio.create_task(pump(index, stream)))
+                    continue
                 end = self._end(index, event)
-                for item in _choice_events(index, splitter.finish(truncated=end.finish_reason == "length")):
+                finished = self._hosted_calls(index, splitter.finish(truncated=end.finish_reason == "length"))
+                for item in _choice_events(index, finished):
                     yield item
                 if splitter.made_calls:
                     if end.finish_reason == "stop":
@@ -250,12 +316,35 @@ class Generation:
             self.cancel()
             self._report()
 
+    def _hosted_calls(self, index: int, items: list[SplitItem]) -> list[SplitItem]:
+        """``items`` without a call of the hosted search, which ends the round (the pipeline
+        runs it, the client never sees it as a call); past its ``max_uses`` the call just ends
+        the answer."""
+        rounds = self._rounds
+        if rounds is None:
+            return items
+        out: list[SplitItem] = []
+        for item in items:
+            if isinstance(item, TruncatedCall) and item.name == rounds.search.name:
+                continue  # a search cut by the token limit never ran: nothing to report
+            if isinstance(item, ToolCall) and item.name == rounds.search.name:
+                state = self._searching[index]
+                if state.pending is None:
+                    state.pending = item if len(state.results) < rounds.search.max_uses else None
+                    if state.pending is None:
+                        self._stopped.add(index)
+                        self._streams[index].cancel()
+                break  # nothing after the search call belongs to this answer
+            out.append(item)
+        return out
+
     async def result(self) -> GenerationOutcome:
         """Wait for every choice and return them whole."""
         texts: dict[int, list[str]] = {i: [] for i in range(self.n)}
         logprobs: dict[int, list[TokenLogprob]] = {i: [] for i in range(self.n)}
         calls: dict[int, list[ToolCall]] = {i: [] for i in range(self.n)}
         truncated: dict[int, TruncatedCall] = {}
+        searches: dict[int, list[SearchResult]] = {i: [] for i in range(self.n)}
         ends: dict[int, ChoiceEnd] = {}
         async for event in self.events():
             if isinstance(event, ChoiceDelta):
@@ -265,6 +354,8 @@ class Generation:
                 calls[event.index].append(event.call)
             elif isinstance(event, ChoiceTruncatedCall):
                 truncated[event.index] = event.call
+            elif isinstance(event, ChoiceSearch):
+                searches[event.index].append(event.search)
             else:
                 ends[event.index] = event
         choices = tuple(
@@ -278,6 +369,7 @@ class Generation:
                 tool_calls=tuple(calls[i]),
                 timings=ends[i].timings,
                 truncated_call=truncated.get(i),
+                searches=tuple(searches[i]),
             )
             for i in range(self.n)
         )
@@ -293,6 +385,9 @@ class Generation:
     def _end(self, index: int, event: Finished) -> ChoiceEnd:
         if index in self._stopped and event.finish_reason == "cancelled":
             event = replace(event, finish_reason="stop")  # we stopped it: its calls were complete
+        earlier = self._searching[index].finished
+        if earlier:
+            event = _after_rounds(earlier, event)
         if self._observer is not None:
             self._observer.choice_finished(self._endpoint, event)
         if event.finish_reason == "error":
@@ -338,6 +433,24 @@ class Generation:
                 usage.completion_tokens / generation_s if usage.completion_tokens > 1 and generation_s > 0 else None
             ),
         )
+
+
+def _after_rounds(earlier: list[Finished], last: Finished) -> Finished:
+    """A choice that ran hosted searches, as one generation: every round's tokens count (each
+    read its prompt), and its first token came in the first round."""
+    rounds = [*earlier, last]
+    usage = Usage(
+        prompt_tokens=sum(f.usage.prompt_tokens for f in rounds),
+        completion_tokens=sum(f.usage.completion_tokens for f in rounds),
+        cached_tokens=sum(f.usage.cached_tokens for f in rounds),
+    )
+    first = rounds[0].timings
+    timings = replace(
+        first,
+        prompt_s=sum(f.timings.prompt_s for f in rounds),
+        generation_s=sum(f.timings.generation_s for f in rounds),
+    )
+    return replace(last, usage=usage, timings=timings)
 
 
 def _choice_events(index: int, items: list[SplitItem]) -> list[ChoiceDelta | ChoiceToolCall | ChoiceTruncatedCall]:

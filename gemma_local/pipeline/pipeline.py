@@ -15,6 +15,7 @@ back) and returns a :class:`Generation`. Nothing here knows any API's wire forma
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from dataclasses import replace
@@ -22,14 +23,16 @@ from typing import Protocol
 
 import anyio.to_thread
 
-from gemma_local.engine import GenerationRequest, GenerationStream, ModelInfo
+from gemma_local.engine import ChatMessage, GenerationRequest, GenerationStream, ModelInfo, SamplingParams
 from gemma_local.engine.scheduler import SchedulerStats
 from gemma_local.engine.tools import ToolPlan
+from gemma_local.engine.types import ToolCall
 from gemma_local.errors import GemmaLocalError
 from gemma_local.images import ImagePolicy
 from gemma_local.pipeline.forcing import ToolForcing
 from gemma_local.pipeline.generation import Generation, GenerationObserver
 from gemma_local.pipeline.grounding import aground
+from gemma_local.pipeline.hosted_search import HostedSearch, SearchResult, run_hosted_search
 from gemma_local.pipeline.images import check_vision, load_images
 from gemma_local.pipeline.model_ids import ServedModels
 from gemma_local.pipeline.request import PipelineRequest, RequestLimits
@@ -67,6 +70,7 @@ class Pipeline:
         limits: the output cap and the other per-request limits.
         image_policy: how images named by URL or base64 are loaded (sizes, remote fetching).
         search_chain: the search hook's providers (default: built from settings on first use).
+        models: the ids it answers to (default: the engine's own, its family's and the hosted id).
         forcing: a tool whose call is forced at the start of each user turn (``serve
             --force-tool``; default: none).
     """
@@ -77,6 +81,7 @@ class Pipeline:
         limits: RequestLimits | None = None,
         image_policy: ImagePolicy | None = None,
         search_chain: ProviderChain | None = None,
+        models: ServedModels | None = None,
         forcing: ToolForcing | None = None,
     ) -> None:
         self.engine = engine
@@ -85,7 +90,7 @@ class Pipeline:
         self.image_policy = image_policy or ImagePolicy()
         self._search_chain = search_chain
         self.info = engine.info
-        self.models = ServedModels(engine.model_id, self.info.metadata)
+        self.models = models or ServedModels(engine.model_id, self.info.metadata)
 
     def check_model(self, requested: str) -> str:
         """``requested`` if the loaded model answers to it.
@@ -111,6 +116,10 @@ class Pipeline:
         if observer is not None:
             observer.request_started(request)
         asked_stops = request.generation.stop
+        hosted = request.hosted_search if request.tool_choice != "none" else None
+        if hosted is not None:
+            request = replace(request, tools=(*request.tools, hosted.spec()))
+        unplanned = request
         request, plan = self._plan(request)
         grounding = None
         if request.web_search:
@@ -125,7 +134,12 @@ class Pipeline:
             request = replace(request, generation=grounding.request)
         streams = await self._submit(self._choice_requests(request))
         own_stops = tuple(s for s in plan.stop if s not in asked_stops) if plan is not None else ()
-        return Generation(request, streams, observer, grounding, plan, own_stops)
+        rounds = None
+        if hosted is not None:
+            # After a search the answer goes on unforced: the auto plan's (lazy) call grammar.
+            auto, _ = self._plan(replace(unplanned, tool_choice="auto"))
+            rounds = _SearchRounds(self, hosted, request, auto.generation.sampling)
+        return Generation(request, streams, observer, grounding, plan, own_stops, rounds)
 
     async def count_tokens(self, request: PipelineRequest) -> int:
         """Prompt tokens of ``request`` exactly as :meth:`start` would submit it (images included).
@@ -219,3 +233,44 @@ class Pipeline:
                     stream.cancel()
             raise
         return streams
+
+
+class _SearchRounds:
+    """The hosted web search of one request: runs the model's searches and resumes its choices.
+
+    A choice resumes with its conversation, its search call and the results appended (the
+    prompt only grows, so the prefix cache serves all of it but the results) and the
+    ``auto`` plan's sampling: a forced search must not force another one. The tool
+    instructions are the same whatever the choice, so only the grammar changes.
+    """
+
+    def __init__(
+        self, pipeline: Pipeline, search: HostedSearch, request: PipelineRequest, sampling: SamplingParams
+    ) -> None:
+        self.search = search
+        self._pipeline = pipeline
+        self._request = request
+        self._sampling = sampling
+
+    async def run(self, call: ToolCall) -> SearchResult:
+        query = call.arguments.get("query")
+        query = query if isinstance(query, str) else json.dumps(call.arguments, ensure_ascii=False)
+        pipeline = self._pipeline
+        engine = pipeline.engine
+
+        def count(text: str) -> int:
+            return len(engine.model.tokenize(text, special=False))  # type: ignore[attr-defined]
+
+        return await anyio.to_thread.run_sync(
+            run_hosted_search, call.id, query, self.search, pipeline.search_chain(), count
+        )
+
+    async def resume(self, index: int, history: tuple[ChatMessage, ...], used_tokens: int) -> GenerationStream:
+        base = self._request
+        generation = base.generation.model_copy(
+            update={"messages": (*base.generation.messages, *history), "sampling": self._sampling}
+        )
+        choice = self._pipeline._choice_requests(replace(base, generation=generation))[index]
+        left = max(1, (choice.max_tokens or 1) - used_tokens)
+        [stream] = await self._pipeline._submit([choice.model_copy(update={"max_tokens": left})])
+        return stream

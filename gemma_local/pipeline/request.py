@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from gemma_local.engine import GenerationRequest
 from gemma_local.engine.tools import ToolChoice, ToolSpec
 from gemma_local.errors import InvalidRequestError
+from gemma_local.pipeline.hosted_search import HostedSearch
 from gemma_local.pipeline.tooling import OutputFormat
 
 #: The hosted API's default when a request gives no output limit.
@@ -50,6 +51,8 @@ class PipelineRequest:
             ``parallel_tool_calls`` whether one answer may make several calls.
         output_format: structured output (None or type ``text``: free text).
         stop_param: the request field that holds the stop sequences, for errors.
+        hosted_search: the APIs' own web search tool, offered to the model and run by the
+            pipeline through the search hook (see ``hosted_search``).
     """
 
     endpoint: str
@@ -64,6 +67,7 @@ class PipelineRequest:
     parallel_tool_calls: bool = True
     output_format: OutputFormat | None = None
     stop_param: str = "stop"
+    hosted_search: HostedSearch | None = None
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,10 @@ after a stream has started is an ``event: error``.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-from collections.abc import AsyncIterator
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from fastapi import Depends, Request
@@ -19,14 +21,16 @@ from gemma_local.engine.types import ImageRef, MessagePart
 from gemma_local.pipeline import (
     ChoiceDelta,
     ChoiceEnd,
+    ChoiceSearch,
     ChoiceToolCall,
     ChoiceTruncatedCall,
     Generation,
     GenerationOutcome,
+    HostedSearch,
     OutputFormat,
-    Pipeline,
     PipelineFinishReason,
     PipelineRequest,
+    SearchResult,
     ToolCall,
     ToolChoice,
     ToolSpec,
@@ -34,6 +38,7 @@ from gemma_local.pipeline import (
 from gemma_local.pipeline.conversation import assistant_message, function_tool, named_tool, new_id
 from gemma_local.server.anthropic_messages_schemas import (
     STREAM_EVENTS,
+    CitationsDelta,
     ContentBlockDeltaEvent,
     ContentBlockStartEvent,
     ContentBlockStopEvent,
@@ -49,6 +54,7 @@ from gemma_local.server.anthropic_messages_schemas import (
     MessageUsage,
     PingEvent,
     ResponseBlock,
+    ServerToolUseBlock,
     StopDelta,
     StopReason,
     StreamEvent,
@@ -62,13 +68,18 @@ from gemma_local.server.anthropic_messages_schemas import (
     ToolResultBlockParam,
     ToolUseBlock,
     ToolUseBlockParam,
+    WebSearchCitation,
+    WebSearchResultBlock,
+    WebSearchToolParam,
+    WebSearchToolResultBlock,
 )
 from gemma_local.server.auth import protected_router
 from gemma_local.server.errors import error_body
 from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_event
+from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/messages"
 #: A stream silent this long (a long prompt being read) gets a ``ping``, so proxies keep it open.
@@ -88,21 +99,29 @@ router = protected_router("Anthropic")
         sse_event_schema(*STREAM_EVENTS, style="anthropic"),
     ),
 )
-async def create_message(body: MessagesRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)) -> Any:
+async def create_message(body: MessagesRequest, request: Request, models: ModelManager = Depends(get_models)) -> Any:
     """Generate the next assistant message of a conversation, whole or streamed."""
+    pipeline_request = to_pipeline_request(body)  # a malformed body is refused before any model loads
     return await respond(
         request,
-        pipeline,
-        to_pipeline_request(body),
+        await acquire_model(request, models, body.model, body.keep_alive),
+        pipeline_request,
         stream=stream_message if body.stream else None,
         whole=lambda _, outcome: to_message(outcome),
     )
 
 
 @router.post(ENDPOINT + "/count_tokens", response_model=TokenCount, summary="Count the tokens of a message")
-async def count_tokens(body: CountTokensRequest, pipeline: Pipeline = Depends(get_pipeline)) -> TokenCount:
+async def count_tokens(
+    body: CountTokensRequest, request: Request, models: ModelManager = Depends(get_models)
+) -> TokenCount:
     """The prompt tokens a Messages request with this conversation would have (images included)."""
-    return TokenCount(input_tokens=await pipeline.count_tokens(to_pipeline_request(body)))
+    pipeline_request = to_pipeline_request(body)
+    lease = await acquire_model(request, models, body.model)
+    try:
+        return TokenCount(input_tokens=await lease.pipeline.count_tokens(pipeline_request))
+    finally:
+        lease.release()
 
 
 # --- request translation -----------------------------------------------------------------------
@@ -163,10 +182,12 @@ def _message(message: MessageParam, index: int) -> list[ChatMessage]:
     return out
 
 
-def _tool_choice(body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
+def _tool_choice(
+    body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSpec, ...], search: HostedSearch | None
+) -> ToolChoice:
     choice = body.tool_choice
     if isinstance(choice, ToolChoiceTool):
-        return named_tool(choice.name, tools)
+        return named_tool(choice.name, (*tools, *([search.spec()] if search else [])))
     if isinstance(choice, ToolChoiceAny):
         return "required"
     if isinstance(choice, ToolChoiceNone):
@@ -174,12 +195,40 @@ def _tool_choice(body: CountTokensRequest | MessagesRequest, tools: tuple[ToolSp
     return "auto"
 
 
+#: How Claude Code's client metadata block starts (its version and a per-session hash: not
+#: instructions, and it would make every new session's prompt differ from its first line).
+CLIENT_METADATA_PREFIX = "x-anthropic-billing-header:"
+
+
+def _system_text(system: str | list[TextBlockParam]) -> str:
+    """The system prompt, without client metadata blocks; list and string forms read alike."""
+    texts = [system] if isinstance(system, str) else [block.text for block in system]
+    return "\n\n".join(t for t in texts if not t.lstrip().startswith(CLIENT_METADATA_PREFIX))
+
+
+def _tools(body: CountTokensRequest | MessagesRequest) -> tuple[tuple[ToolSpec, ...], HostedSearch | None]:
+    """The client tools offered to the model, and the hosted web search if the request has it.
+
+    ``defer_loading`` tools are left out: they are announced for a tool search the client
+    runs itself, and the model must not call them directly.
+    """
+    specs: list[ToolSpec] = []
+    search = None
+    for tool in body.tools or []:
+        if isinstance(tool, WebSearchToolParam):
+            domains = tuple(tool.allowed_domains or ())
+            search = HostedSearch(name=tool.name, max_uses=tool.max_uses or 3, allowed_domains=domains)
+        elif not tool.defer_loading:
+            specs.append(function_tool(tool.name, tool.description, tool.input_schema, tool.strict))
+    return tuple(specs), search
+
+
 def to_pipeline_request(body: CountTokensRequest | MessagesRequest) -> PipelineRequest:
     """Translate a Messages (or count_tokens) request into the pipeline's common request."""
-    tools = tuple(function_tool(t.name, t.description, t.input_schema, t.strict) for t in body.tools or [])
+    tools, search = _tools(body)
     messages: list[ChatMessage] = []
-    if body.system:
-        system = body.system if isinstance(body.system, str) else "\n\n".join(b.text for b in body.system)
+    system = _system_text(body.system) if body.system else ""
+    if system:
         messages.append(ChatMessage.text("system", system))
     for i, message in enumerate(body.messages):
         messages.extend(_message(message, i))
@@ -204,7 +253,8 @@ def to_pipeline_request(body: CountTokensRequest | MessagesRequest) -> PipelineR
         generation=generation,
         **(body.search_hook() if isinstance(body, MessagesRequest) else {}),
         tools=tools,
-        tool_choice=_tool_choice(body, tools),
+        tool_choice=_tool_choice(body, tools, search),
+        hosted_search=search,
         stop_param="stop_sequences",
         # Anthropic says it the other way round, on the choice itself.
         parallel_tool_calls=not getattr(body.tool_choice, "disable_parallel_tool_use", None),
@@ -238,10 +288,41 @@ def _tool_use(call: ToolCall) -> ToolUseBlock:
     return ToolUseBlock(id=call.id_for("toolu_"), name=call.name, input=call.arguments)
 
 
+def _search_blocks(search: SearchResult) -> tuple[ServerToolUseBlock, WebSearchToolResultBlock]:
+    """A hosted search as Anthropic reports it: the server's tool use, then its results."""
+    use = ServerToolUseBlock(id="srvtoolu_" + search.call_id.split("_", 1)[-1], input={"query": search.query})
+    results = [
+        WebSearchResultBlock(
+            url=s.url, title=s.title or s.url, encrypted_content=base64.b64encode(s.snippet.encode()).decode()
+        )
+        for s in search.sources
+    ]
+    return use, WebSearchToolResultBlock(tool_use_id=use.id, content=results)
+
+
+def _citations(text: str, searches: Sequence[SearchResult]) -> list[WebSearchCitation] | None:
+    """The text's ``[n]`` as citations of the latest search's results (None without searches)."""
+    if not searches:
+        return None
+    latest = searches[-1]
+    return [
+        WebSearchCitation(
+            url=c.url,
+            title=c.title,
+            encrypted_index=str(c.number),
+            cited_text=latest.sources[c.number - 1].snippet[:200],
+        )
+        for c in latest.cite(text)
+    ]
+
+
 def to_message(outcome: GenerationOutcome) -> Message:
-    """The message for a finished generation: its text, then a ``tool_use`` block per call."""
+    """The message for a finished generation: its hosted searches, its text, then a ``tool_use``
+    block per call."""
     choice = outcome.choices[0]
-    blocks: list[ResponseBlock] = [TextBlock(text=choice.text)] if choice.text else []
+    blocks: list[ResponseBlock] = [block for search in choice.searches for block in _search_blocks(search)]
+    if choice.text:
+        blocks.append(TextBlock(text=choice.text, citations=_citations(choice.text, choice.searches)))
     blocks.extend(_tool_use(call) for call in choice.tool_calls)
     reason = stop_reason(choice.finish_reason, choice.stop_sequence)
     return Message(
@@ -297,8 +378,10 @@ class _Blocks:
         self.index = 0
         self.text_open = False
         self.pinged = False
+        self.searches: list[SearchResult] = []
+        self._text: list[str] = []
 
-    def _start(self, block: TextBlock | ToolUseBlock) -> list[bytes]:
+    def _start(self, block: ResponseBlock) -> list[bytes]:
         out = [_event(ContentBlockStartEvent(index=self.index, content_block=block))]
         if not self.pinged:
             # Where Anthropic sends its first ping: right after the first block starts.
@@ -309,14 +392,34 @@ class _Blocks:
     def close_text(self) -> list[bytes]:
         if not self.text_open:
             return []
+        # The text's citations of the hosted search it follows: known once the text is whole.
+        citations = _citations("".join(self._text), self.searches) or []
+        out = [_event(ContentBlockDeltaEvent(index=self.index, delta=CitationsDelta(citation=c))) for c in citations]
         self.text_open = False
+        self._text = []
         self.index += 1
-        return [_event(ContentBlockStopEvent(index=self.index - 1))]
+        return [*out, _event(ContentBlockStopEvent(index=self.index - 1))]
 
     def text(self, text: str) -> list[bytes]:
         out = [] if self.text_open else self._start(TextBlock(text=""))
         self.text_open = True
+        self._text.append(text)
         return [*out, _event(ContentBlockDeltaEvent(index=self.index, delta=TextDelta(text=text)))]
+
+    def search(self, search: SearchResult) -> list[bytes]:
+        """A hosted search: the server's tool use (its input as one delta), then its results."""
+        self.searches.append(search)
+        use, results = _search_blocks(search)
+        out = [
+            *self.close_text(),
+            *self._start(use.model_copy(update={"input": {}})),
+            _event(ContentBlockDeltaEvent(index=self.index, delta=InputJSONDelta(partial_json=json.dumps(use.input)))),
+            _event(ContentBlockStopEvent(index=self.index)),
+        ]
+        self.index += 1
+        out += [*self._start(results), _event(ContentBlockStopEvent(index=self.index))]
+        self.index += 1
+        return out
 
     def tool_use(self, call: ToolCall) -> list[bytes]:
         # The block starts with an empty input: the SDK's helper builds it from the deltas.
@@ -367,6 +470,8 @@ async def _message_events(generation: Generation) -> AsyncIterator[bytes]:
                 chunks = blocks.text(event.text) if event.text else []
             elif isinstance(event, ChoiceToolCall):
                 chunks = blocks.tool_use(event.call)
+            elif isinstance(event, ChoiceSearch):
+                chunks = blocks.search(event.search)
             elif isinstance(event, ChoiceTruncatedCall):
                 # A tool_use input must be a whole object: a call cut by max_tokens has no place
                 # here, so it is dropped (stop_reason says max_tokens), never sent as text.

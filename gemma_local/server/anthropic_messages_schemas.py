@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
     SearchHookFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
@@ -84,8 +85,20 @@ class ThinkingBlockParam(_Request):
     type: Literal["thinking", "redacted_thinking"]
 
 
+class ServerToolBlockParam(_Request):
+    """A replayed hosted web search (``server_tool_use``, ``web_search_tool_result``): accepted and
+    left out of the prompt — the text that followed it already holds what it found."""
+
+    type: Literal["server_tool_use", "web_search_tool_result"]
+
+
 ContentBlock = Annotated[
-    TextBlockParam | ImageBlockParam | ToolUseBlockParam | ToolResultBlockParam | ThinkingBlockParam,
+    TextBlockParam
+    | ImageBlockParam
+    | ToolUseBlockParam
+    | ToolResultBlockParam
+    | ThinkingBlockParam
+    | ServerToolBlockParam,
     Field(discriminator="type"),
 ]
 
@@ -98,7 +111,14 @@ SystemContent = Annotated[
 
 _ALLOWED_BLOCKS = {
     "user": ("text", "image", "tool_result"),
-    "assistant": ("text", "tool_use", "thinking", "redacted_thinking"),
+    "assistant": (
+        "text",
+        "tool_use",
+        "thinking",
+        "redacted_thinking",
+        "server_tool_use",
+        "web_search_tool_result",
+    ),
     "system": ("text",),
 }
 _UNSUPPORTED_BLOCKS = {
@@ -135,13 +155,41 @@ class MessageParam(_Request):
 
 
 class ToolParam(_Request):
-    """A client tool. Anthropic's server tools (web search, code execution) are not available."""
+    """A client tool (``defer_loading`` ones are not offered to the model: they are announced
+    for a tool search, which this server does not run)."""
 
     type: Literal["custom"] | None = None
     name: str = Field(pattern=r"^[a-zA-Z0-9_-]{1,128}$")
     description: str | None = None
     input_schema: dict[str, Any] = Field(description="JSON Schema of the input object.")
     strict: bool | None = None
+    defer_loading: bool | None = None
+
+
+#: Anthropic's hosted web search: every version is answered by gemma-local's search hook.
+WEB_SEARCH_TOOL_PREFIX = "web_search_"
+
+
+class WebSearchToolParam(_Request):
+    """The hosted web search, served by the search hook (local index and ZIM first)."""
+
+    type: str = Field(pattern=r"^web_search_\d{8}$", description="web_search_20250305 or a later version.")
+    name: Literal["web_search"] = "web_search"
+    max_uses: int | None = Field(None, ge=1, description="Searches one answer may run (default 3).")
+    allowed_domains: list[str] | None = None
+    blocked_domains: list[str] | None = None
+    user_location: dict[str, Any] | None = None
+
+
+def _tool_kind(value: Any) -> str:
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return "web_search" if isinstance(kind, str) and kind.startswith(WEB_SEARCH_TOOL_PREFIX) else "custom"
+
+
+AnyToolParam = Annotated[
+    Annotated[ToolParam, Tag("custom")] | Annotated[WebSearchToolParam, Tag("web_search")],
+    Discriminator(_tool_kind),
+]
 
 
 class ToolChoiceAuto(_Request):
@@ -185,15 +233,31 @@ class _MessagesBase(_Request):
         json_schema_extra=forced_choice_needs_tools({"properties": {"type": {"enum": ["any", "tool"]}}})
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     messages: list[MessageParam] = Field(min_length=1)
     system: SystemContent | None = Field(None, description="Instructions, as text or text blocks.")
-    tools: list[ToolParam] | None = None
+    tools: list[AnyToolParam] | None = Field(
+        None, description="Client tools; the hosted web_search_* tool runs on the search hook."
+    )
     tool_choice: ToolChoiceParam | None = None
     output_config: OutputConfig | None = None
 
     _valid_text = model_validator(mode="before")(reject_lone_surrogates)
     _integral = model_validator(mode="before")(integral_numbers("max_tokens", "top_k", "seed"))
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _known_tool_types(cls, value: Any) -> Any:
+        # Server tools this server cannot run are named (type and index), never silently dropped.
+        if isinstance(value, list):
+            for i, tool in enumerate(value):
+                kind = tool.get("type") if isinstance(tool, dict) else None
+                if isinstance(kind, str) and kind != "custom" and not kind.startswith(WEB_SEARCH_TOOL_PREFIX):
+                    raise ValueError(
+                        f"tools[{i}] has type {kind!r}, a server tool this server cannot run; it serves "
+                        "client tools and web_search"
+                    )
+        return value
 
     @model_validator(mode="after")
     def _tools_for_forced_choice(self) -> _MessagesBase:
@@ -202,7 +266,7 @@ class _MessagesBase(_Request):
         return self
 
 
-class MessagesRequest(SamplingFields, SearchHookFields, _MessagesBase):
+class MessagesRequest(SamplingFields, SearchHookFields, ServingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
     max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
@@ -221,9 +285,45 @@ class CountTokensRequest(_MessagesBase):
 # --- response ------------------------------------------------------------------------------
 
 
+class WebSearchCitation(BaseModel):
+    """Where a text block cites a hosted search's result (``[n]`` in the text)."""
+
+    type: Literal["web_search_result_location"] = "web_search_result_location"
+    url: str
+    title: str | None = None
+    #: Opaque to clients (they send it back unread): here, the source's number in its search.
+    encrypted_index: str
+    cited_text: str
+
+
 class TextBlock(BaseModel):
     type: Literal["text"] = "text"
     text: str
+    citations: list[WebSearchCitation] | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class ServerToolUseBlock(BaseModel):
+    """The hosted web search the model ran (the server ran it: the client has nothing to do)."""
+
+    type: Literal["server_tool_use"] = "server_tool_use"
+    id: str
+    name: Literal["web_search"] = "web_search"
+    input: dict[str, Any]
+
+
+class WebSearchResultBlock(BaseModel):
+    type: Literal["web_search_result"] = "web_search_result"
+    url: str
+    title: str
+    #: Opaque to clients: here, the extract the model was given, base64-encoded.
+    encrypted_content: str
+    page_age: str | None = None
+
+
+class WebSearchToolResultBlock(BaseModel):
+    type: Literal["web_search_tool_result"] = "web_search_tool_result"
+    tool_use_id: str
+    content: list[WebSearchResultBlock]
 
 
 class ToolUseBlock(BaseModel):
@@ -233,7 +333,9 @@ class ToolUseBlock(BaseModel):
     input: dict[str, Any]
 
 
-ResponseBlock = Annotated[TextBlock | ToolUseBlock, Field(discriminator="type")]
+ResponseBlock = Annotated[
+    TextBlock | ToolUseBlock | ServerToolUseBlock | WebSearchToolResultBlock, Field(discriminator="type")
+]
 
 StopReason = Literal["end_turn", "max_tokens", "stop_sequence", "tool_use"]
 
@@ -302,10 +404,15 @@ class InputJSONDelta(BaseModel):
     partial_json: str
 
 
+class CitationsDelta(BaseModel):
+    type: Literal["citations_delta"] = "citations_delta"
+    citation: WebSearchCitation
+
+
 class ContentBlockDeltaEvent(BaseModel):
     type: Literal["content_block_delta"] = "content_block_delta"
     index: int
-    delta: Annotated[TextDelta | InputJSONDelta, Field(discriminator="type")]
+    delta: Annotated[TextDelta | InputJSONDelta | CitationsDelta, Field(discriminator="type")]
 
 
 class ContentBlockStopEvent(BaseModel):

@@ -147,3 +147,18 @@ class SamplingFields(BaseModel):
             seed=self.seed,
             logit_bias=self.logit_bias,
         )
+
+
+#: A keep-alive: seconds, or a duration such as ``30s``, ``5m``, ``1h30m`` (negative: forever).
+KeepAlive = Annotated[str, Field(pattern=r"^-?(\d+(\.\d+)?|(\d+(\.\d+)?(ms|s|m|h))+)$")] | int | float
+
+
+class ServingFields(BaseModel):
+    """gemma-local's extension for which model stays loaded (every generating API takes it)."""
+
+    keep_alive: KeepAlive | None = Field(
+        None,
+        description="Extension: how long the model stays loaded once idle after this request, e.g. '30s', '5m', "
+        "'1h' or seconds; 0 unloads it when the request ends, -1 keeps it loaded (default: the server's "
+        "--keep-alive). Ignored by a server started with --model.",
+    )

@@ -33,6 +33,7 @@ from gemma_local.errors import (
     InvalidRequestError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelNotReadyError,
     ServerBusyError,
 )
 
@@ -146,6 +147,9 @@ ERROR_TABLE: Mapping[type[BaseException], ErrorKind] = {
         429, "rate_limit_error", "rate_limit_error", retry_after=lambda e: getattr(e, "retry_after_s", 1)
     ),
     EngineNotReadyError: ErrorKind(503, "server_error", "overloaded_error", retry_after=5),
+    ModelNotReadyError: ErrorKind(
+        503, "server_error", "overloaded_error", retry_after=lambda e: getattr(e, "retry_after_s", 5)
+    ),
     EngineClosedError: ErrorKind(503, "server_error", "overloaded_error", retry_after=5),
     ModelLoadError: ErrorKind(503, "server_error", "api_error", retryable=False),
     GenerationError: ErrorKind(500, "server_error", "api_error"),

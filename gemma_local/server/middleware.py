@@ -139,6 +139,10 @@ class RequestRecord:
 
     request_id: str = "-"
     model: str | None = None
+    #: The model that answered (its own id), when the request got one.
+    served_model: str | None = None
+    #: ``model`` is not here and ``served_model``, the default, answered instead.
+    substituted: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -152,8 +156,28 @@ class RequestRecord:
         return (
             f"{self.request_id} {method} {path} status={status} in={self.prompt_tokens} "
             f"out={self.completion_tokens} cached={self.cached_tokens} ttft={ttft} tok/s={tps} "
-            f"finish={self.finish or '-'} time={elapsed_s:.3f}s"
+            f"finish={self.finish or '-'} time={elapsed_s:.3f}s{self.model_field()}"
         )
+
+    def model_field(self) -> str:
+        """`` model=ID`` (the model that answered), `` model=A->B (substituted)``, or nothing."""
+        if self.served_model is None:
+            return ""
+        if self.substituted:
+            return f" model={self.model}->{self.served_model} (substituted)"
+        return f" model={self.served_model}"
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response headers that say which model answered, and any substitution."""
+        out = []
+        if self.request_id != "-":
+            out.append((b"x-request-id", self.request_id.encode()))
+        if self.served_model is not None:
+            out.append((b"x-gemma-local-model", self.served_model.encode("ascii", "replace")))
+        if self.substituted and self.model is not None:
+            note = f"{self.model} is not available here; served by {self.served_model}"
+            out.append((b"x-gemma-local-substitution", note.encode("ascii", "replace")))
+        return out
 
 
 class RequestLogMiddleware:
@@ -176,9 +200,9 @@ class RequestLogMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                if record.request_id != "-":
-                    headers = [*message.get("headers", ()), (b"x-request-id", record.request_id.encode())]
-                    message = {**message, "headers": headers}
+                extra = record.headers()
+                if extra:
+                    message = {**message, "headers": [*message.get("headers", ()), *extra]}
             await send(message)
 
         try:

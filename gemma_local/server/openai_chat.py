@@ -19,7 +19,6 @@ from gemma_local.pipeline import (
     Generation,
     GenerationOutcome,
     OutputFormat,
-    Pipeline,
     PipelineRequest,
     ToolChoice,
     ToolSpec,
@@ -61,8 +60,9 @@ from gemma_local.server.openai_chat_schemas import (
 )
 from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.routing import guarded_stream, respond
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_data
+from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -80,13 +80,14 @@ router = protected_router("OpenAI")
     ),
 )
 async def create_chat_completion(
-    body: ChatCompletionRequest, request: Request, pipeline: Pipeline = Depends(get_pipeline)
+    body: ChatCompletionRequest, request: Request, models: ModelManager = Depends(get_models)
 ) -> Any:
     """Generate one or more answers to a conversation, whole or streamed."""
+    pipeline_request = to_pipeline_request(body)  # a malformed body is refused before any model loads
     return await respond(
         request,
-        pipeline,
-        to_pipeline_request(body),
+        await acquire_model(request, models, body.model, body.keep_alive),
+        pipeline_request,
         stream=(lambda generation: stream_chunks(generation, body)) if body.stream else None,
         whole=lambda _, outcome: to_chat_completion(outcome, logprobs=bool(body.logprobs)),
     )

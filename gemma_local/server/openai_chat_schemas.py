@@ -27,6 +27,7 @@ from pydantic_core import CoreSchema
 from gemma_local.server.common_schemas import (
     SamplingFields,
     SearchHookFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     str_or_dict,
@@ -263,7 +264,7 @@ class StreamOptions(_Request):
     include_obfuscation: bool | None = Field(None, description="Accepted; there is no obfuscation padding.")
 
 
-class ChatCompletionRequest(SamplingFields, SearchHookFields, _Request):
+class ChatCompletionRequest(SamplingFields, SearchHookFields, ServingFields, _Request):
     """``POST /v1/chat/completions``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
@@ -280,7 +281,7 @@ class ChatCompletionRequest(SamplingFields, SearchHookFields, _Request):
         }
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     messages: list[ChatMessageParam] = Field(min_length=1)
     stream: bool | None = False
     stream_options: StreamOptions | None = None

@@ -26,11 +26,8 @@ from gemma_local.pipeline import (
     Generation,
     GenerationOutcome,
     OutputFormat,
-    Pipeline,
     PipelineRequest,
     ToolCall,
-    ToolChoice,
-    ToolSpec,
     conversation,
 )
 from gemma_local.pipeline.conversation import assistant_message, new_id, replayed_call
@@ -40,6 +37,9 @@ from gemma_local.server.openai_responses_output import finish_response, replay_s
 from gemma_local.server.openai_responses_schemas import (
     STREAM_EVENTS,
     AssistantMessageItem,
+    CustomToolCall,
+    CustomToolCallItemParam,
+    CustomToolCallOutputItemParam,
     DeletedResponse,
     FormatJSONObject,
     FormatJSONSchema,
@@ -54,19 +54,24 @@ from gemma_local.server.openai_responses_schemas import (
     RefusalPart,
     Response,
     ResponseCreateRequest,
+    StoredCustomToolCallOutput,
     StoredFunctionCallOutput,
     StoredInputImage,
     StoredInputMessage,
     StoredInputPart,
     StoredInputText,
     StoredItem,
-    ToolChoiceFunction,
+    WebSearchAction,
+    WebSearchCall,
+    WebSearchCallItemParam,
 )
+from gemma_local.server.openai_responses_tools import ResponsesTools, responses_tools, tool_choice
 from gemma_local.server.openapi import sse_event_schema, streamed_or_whole
 from gemma_local.server.responses_store import ResponseStore
 from gemma_local.server.routing import respond
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import acquire_model, get_models
 from gemma_local.server.sse import sse_response
+from gemma_local.serving import ModelManager
 
 ENDPOINT = "/v1/responses"
 #: ``include`` value that asks for token logprobs in ``output_text`` parts.
@@ -118,7 +123,7 @@ def _not_found(response_id: str, param: str | None = None) -> ResourceNotFoundEr
 async def create_response(
     body: ResponseCreateRequest,
     request: Request,
-    pipeline: Pipeline = Depends(get_pipeline),
+    models: ModelManager = Depends(get_models),
     store: ResponseStore = Depends(get_response_store),
 ) -> Any:
     """Generate a model response to input items, continuing a stored one if asked; whole or streamed."""
@@ -145,16 +150,20 @@ async def create_response(
             return response.model_copy(update={"store": False})
         return response
 
+    tools = responses_tools(body.tools)
+
     def stream(generation: Generation) -> AsyncIterator[bytes]:
-        return stream_response(generation, response_base(body, generation), keep, want_logprobs)
+        return stream_response(generation, response_base(body, generation), keep, want_logprobs, tools)
 
     async def whole(generation: Generation, outcome: GenerationOutcome) -> Response:
         base = response_base(body, generation)
-        return await keep(finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding))
+        return await keep(finish_response(base, outcome.choices[0], want_logprobs, outcome.grounding, tools))
 
-    return await respond(
-        request, pipeline, to_pipeline_request(body, items, params), stream=stream if body.stream else None, whole=whole
-    )
+    # The stored conversation is text, so a response continued with another model is simply
+    # prefilled again by that model (no KV cache is shared between models).
+    pipeline_request = to_pipeline_request(body, items, params, tools)
+    lease = await acquire_model(request, models, body.model, body.keep_alive)
+    return await respond(request, lease, pipeline_request, stream=stream if body.stream else None, whole=whole)
 
 
 @router.get(
@@ -266,11 +275,34 @@ def stored_input_items(value: str | list[Any]) -> list[StoredItem]:
                     arguments=item.arguments,
                     # Only a call cut by the token limit keeps its status: it is not replayed.
                     status="incomplete" if item.status == "incomplete" else "completed",
+                    namespace=item.namespace,
                 )
             )
-        elif isinstance(item, FunctionCallOutputItemParam):
+        elif isinstance(item, CustomToolCallItemParam):
+            status = "incomplete" if item.status == "incomplete" else "completed"
+            call_id, name, namespace = item.call_id, item.name, item.namespace
+            items.append(
+                CustomToolCall(
+                    id=item.id or new_id("ctc_"),
+                    call_id=call_id,
+                    name=name,
+                    input=item.input,
+                    status=status,
+                    namespace=namespace,
+                )
+            )
+        elif isinstance(item, FunctionCallOutputItemParam):  # custom_tool_call_output included
             output = item.output if isinstance(item.output, str) else _stored_parts(item.output)
-            items.append(StoredFunctionCallOutput(id=item.id or new_id("fco_"), call_id=item.call_id, output=output))
+            stored = (
+                StoredCustomToolCallOutput
+                if isinstance(item, CustomToolCallOutputItemParam)
+                else StoredFunctionCallOutput
+            )
+            items.append(stored(id=item.id or new_id("fco_"), call_id=item.call_id, output=output))
+        elif isinstance(item, WebSearchCallItemParam):
+            query = (item.action or {}).get("query")
+            action = WebSearchAction(query=query if isinstance(query, str) else None)
+            items.append(WebSearchCall(id=item.id or new_id("ws_"), action=action))
         # Reasoning items: Gemma 3 writes none and reads none.
     return items
 
@@ -285,14 +317,27 @@ def _parts(parts: list[StoredInputPart], param: str) -> list[MessagePart]:
     return out
 
 
-def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]:
-    """The conversation the items describe; consecutive function calls form one assistant turn."""
+def to_messages(items: list[StoredItem], params: list[str], tools: ResponsesTools | None = None) -> list[ChatMessage]:
+    """The conversation the items describe; consecutive tool calls form one assistant turn.
+
+    Calls go back to the model under the names it was offered the tools by (a namespaced
+    function by its own name, a custom tool's input as its ``input`` argument). A hosted web
+    search is left out: the answer that followed it already holds what it found.
+    """
+    tools = tools or ResponsesTools()
     messages: list[ChatMessage] = []
     calls: list[ToolCall] = []
     for item, param in zip(items, params, strict=True):
-        if isinstance(item, FunctionCall):
-            if item.status != "incomplete":  # a call cut by the token limit was never made
-                calls.append(replayed_call(item.call_id, item.name, item.arguments, param=f"{param}.arguments"))
+        if isinstance(item, WebSearchCall):
+            continue
+        if isinstance(item, FunctionCall | CustomToolCall):
+            if item.status == "incomplete":  # a call cut by the token limit was never made
+                continue
+            name = tools.model_name(item.name, item.namespace)
+            if isinstance(item, CustomToolCall):
+                calls.append(ToolCall(id=item.call_id, name=name, arguments={"input": item.input}))
+            else:
+                calls.append(replayed_call(item.call_id, name, item.arguments, param=f"{param}.arguments"))
             continue
         if calls:
             messages.append(assistant_message((), calls))
@@ -309,13 +354,6 @@ def to_messages(items: list[StoredItem], params: list[str]) -> list[ChatMessage]
     return messages
 
 
-def _tool_choice(body: ResponseCreateRequest, tools: tuple[ToolSpec, ...]) -> ToolChoice:
-    choice = body.tool_choice
-    if isinstance(choice, ToolChoiceFunction):
-        return conversation.named_tool(choice.name, tools)
-    return choice or "auto"
-
-
 def _output_format(body: ResponseCreateRequest) -> OutputFormat | None:
     fmt = body.text.format if body.text else None
     if isinstance(fmt, FormatJSONSchema):
@@ -327,16 +365,19 @@ def _output_format(body: ResponseCreateRequest) -> OutputFormat | None:
     return None
 
 
-def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], params: list[str]) -> PipelineRequest:
+def to_pipeline_request(
+    body: ResponseCreateRequest, items: list[StoredItem], params: list[str], tools: ResponsesTools | None = None
+) -> PipelineRequest:
     """Translate a Responses request (its conversation already resolved) into the common request.
 
     Args:
         body: the request.
         items: the conversation: stored items of ``previous_response_id``'s chain, then ``input``'s.
         params: where each item came from, for errors (``input[2]``, ``previous_response_id``).
+        tools: ``body.tools`` flattened (default: flattened here).
     """
-    tools = tuple(conversation.function_tool(t.name, t.description, t.parameters, t.strict) for t in body.tools or [])
-    messages = to_messages(items, params)
+    tools = tools or responses_tools(body.tools)
+    messages = to_messages(items, params, tools)
     if body.instructions:
         messages.insert(0, ChatMessage.text("system", body.instructions))
     want_logprobs = LOGPROBS_INCLUDE in (body.include or [])
@@ -353,8 +394,9 @@ def to_pipeline_request(body: ResponseCreateRequest, items: list[StoredItem], pa
         model=body.model,
         generation=generation,
         **body.search_hook(),
-        tools=tools,
-        tool_choice=_tool_choice(body, tools),
+        tools=tools.specs,
+        tool_choice=tool_choice(body, tools),
         parallel_tool_calls=body.parallel_tool_calls is not False,
         output_format=_output_format(body),
+        hosted_search=tools.web_search,
     )

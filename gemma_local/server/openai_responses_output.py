@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, Literal
 
 from gemma_local.engine import Usage
@@ -18,20 +18,24 @@ from gemma_local.engine.types import TokenLogprob as EngineLogprob
 from gemma_local.errors import GemmaLocalError
 from gemma_local.pipeline import (
     ChoiceDelta,
+    ChoiceEnd,
     ChoiceResult,
+    ChoiceSearch,
     ChoiceToolCall,
     ChoiceTruncatedCall,
     Generation,
     Grounding,
-    ToolCall,
-    TruncatedCall,
+    SearchResult,
 )
-from gemma_local.pipeline.conversation import new_id, replayed_call, sampling_params
+from gemma_local.pipeline.conversation import new_id, sampling_params
 from gemma_local.server.errors import describe
 from gemma_local.server.openai_responses_schemas import (
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
     ContentPartEvent,
+    CustomInputDeltaEvent,
+    CustomInputDoneEvent,
+    CustomToolCall,
     FormatText,
     FunctionCall,
     IncompleteDetails,
@@ -51,7 +55,12 @@ from gemma_local.server.openai_responses_schemas import (
     TextDeltaEvent,
     TextDoneEvent,
     TopLogprob,
+    WebSearchAction,
+    WebSearchCall,
+    WebSearchCallEvent,
+    WebSearchSource,
 )
+from gemma_local.server.openai_responses_tools import ResponsesTools
 from gemma_local.server.sse import sse_event
 
 logger = logging.getLogger("gemma_local.server")
@@ -72,12 +81,44 @@ def _search_metadata(grounding: Grounding | None) -> dict[str, str]:
     return out
 
 
-def _annotations(text: str, grounding: Grounding | None) -> list[dict[str, Any]]:
-    """``url_citation`` annotations for each [n] in the answer that cites a source it was given."""
-    if grounding is None:
-        return []
-    answer = text.removesuffix(grounding.footer) if grounding.footer else text
-    return [c.as_url_citation() for c in grounding.citations(answer)]
+def _annotations(text: str, grounding: Grounding | None, searches: Sequence[SearchResult] = ()) -> list[dict[str, Any]]:
+    """``url_citation`` annotations for each [n] in the answer that cites a source it was given
+    (by the search hook, or by the latest hosted search it ran)."""
+    out = []
+    if grounding is not None:
+        answer = text.removesuffix(grounding.footer) if grounding.footer else text
+        out += [c.as_url_citation() for c in grounding.citations(answer)]
+    if searches:
+        out += [c.as_url_citation() for c in searches[-1].cite(text)]
+    return out
+
+
+def _web_search_call(search: SearchResult, status: Literal["in_progress", "completed"]) -> WebSearchCall:
+    sources = [WebSearchSource(url=s.url) for s in search.sources] if status == "completed" else None
+    return WebSearchCall(
+        id="ws_" + search.call_id.split("_", 1)[-1],
+        status=status,
+        action=WebSearchAction(query=search.query, sources=sources),
+    )
+
+
+def _search_events(emit: _Events, search: SearchResult, index: int) -> list[bytes]:
+    """A hosted search's item: added, in progress, searching, completed, done."""
+    added = _web_search_call(search, "in_progress")
+    where = {"item_id": added.id, "output_index": index}
+    return [
+        emit(OutputItemEvent, type="response.output_item.added", output_index=index, item=added),
+        *(
+            emit(WebSearchCallEvent, type=f"response.web_search_call.{phase}", **where)
+            for phase in ("in_progress", "searching", "completed")
+        ),
+        emit(
+            OutputItemEvent,
+            type="response.output_item.done",
+            output_index=index,
+            item=_web_search_call(search, "completed"),
+        ),
+    ]
 
 
 def response_base(body: ResponseCreateRequest, generation: Generation) -> Response:
@@ -127,20 +168,6 @@ def _usage(usage: Usage) -> ResponseUsage:
     )
 
 
-def _function_call(
-    call: ToolCall | TruncatedCall,
-    status: Literal["in_progress", "completed", "incomplete"],
-    arguments: str | None = None,
-) -> FunctionCall:
-    return FunctionCall(
-        id=call.id_for("fc_"),
-        call_id=call.id,
-        name=call.name,
-        arguments=call.arguments_json if arguments is None else arguments,
-        status=status,
-    )
-
-
 def _finished(base: Response, output: list[OutputItem], finish_reason: str, usage: Usage) -> Response:
     incomplete = finish_reason == "length"
     return base.model_copy(
@@ -155,22 +182,28 @@ def _finished(base: Response, output: list[OutputItem], finish_reason: str, usag
 
 
 def finish_response(
-    base: Response, choice: ChoiceResult, want_logprobs: bool, grounding: Grounding | None = None
+    base: Response,
+    choice: ChoiceResult,
+    want_logprobs: bool,
+    grounding: Grounding | None = None,
+    tools: ResponsesTools | None = None,
 ) -> Response:
-    """The complete response object for a finished choice: its message, then its function calls."""
-    output: list[OutputItem] = []
+    """The complete response object for a finished choice: its hosted searches, its message,
+    then its tool calls."""
+    tools = tools or ResponsesTools()
+    output: list[OutputItem] = [_web_search_call(search, "completed") for search in choice.searches]
     if choice.text or not (choice.tool_calls or choice.truncated_call):
         part = OutputText(
             text=choice.text,
             logprobs=_logprobs(choice.logprobs) if want_logprobs else [],
-            annotations=_annotations(choice.text, grounding),
+            annotations=_annotations(choice.text, grounding, choice.searches),
         )
         status = "incomplete" if choice.finish_reason == "length" else "completed"
         output.append(OutputMessage(id=new_id("msg_"), status=status, content=[part]))
-    output.extend(_function_call(call, "completed") for call in choice.tool_calls)
+    output.extend(tools.item(call, "completed") for call in choice.tool_calls)
     if choice.truncated_call is not None:
         # Cut by the token limit: an incomplete call with its arguments so far, never text.
-        output.append(_function_call(choice.truncated_call, "incomplete"))
+        output.append(tools.item(choice.truncated_call, "incomplete"))
     return _finished(base, output, choice.finish_reason, choice.usage)
 
 
@@ -196,8 +229,10 @@ class _MessageStream:
         want_logprobs: bool,
         item_id: str | None = None,
         grounding: Grounding | None = None,
+        searches: Sequence[SearchResult] = (),
     ) -> None:
         self.grounding = grounding
+        self.searches = searches
         self.emit = emit
         self.index = output_index
         self.id = item_id or new_id("msg_")
@@ -223,7 +258,9 @@ class _MessageStream:
 
     def close(self, status: Literal["completed", "incomplete"]) -> tuple[OutputMessage, list[bytes]]:
         text = "".join(self.text)
-        part = OutputText(text=text, logprobs=self.logprobs, annotations=_annotations(text, self.grounding))
+        part = OutputText(
+            text=text, logprobs=self.logprobs, annotations=_annotations(text, self.grounding, self.searches)
+        )
         item = OutputMessage(id=self.id, status=status, content=[part])
         events = [
             self.emit(TextDoneEvent, **self._where(), text=part.text, logprobs=part.logprobs),
@@ -233,17 +270,25 @@ class _MessageStream:
         return item, events
 
 
-def _call_events(
-    emit: _Events, call: ToolCall | TruncatedCall, index: int, status: Literal["completed", "incomplete"]
-) -> list[bytes]:
-    # The added item carries empty arguments: the SDK's helper appends every delta to them.
-    added = _function_call(call, "in_progress", arguments="")
-    done = _function_call(call, status)
-    where = {"item_id": added.id, "output_index": index}
+def _call_events(emit: _Events, done: FunctionCall | CustomToolCall, index: int) -> list[bytes]:
+    """A tool call's item: added (empty), its arguments (or custom input) as one delta, done."""
+    where = {"item_id": done.id, "output_index": index}
+    if isinstance(done, CustomToolCall):
+        added: FunctionCall | CustomToolCall = done.model_copy(update={"input": "", "status": "in_progress"})
+        body = [
+            emit(CustomInputDeltaEvent, **where, delta=done.input),
+            emit(CustomInputDoneEvent, **where, input=done.input),
+        ]
+    else:
+        # The added item carries empty arguments: the SDK's helper appends every delta to them.
+        added = done.model_copy(update={"arguments": "", "status": "in_progress"})
+        body = [
+            emit(ArgumentsDeltaEvent, **where, delta=done.arguments),
+            emit(ArgumentsDoneEvent, **where, arguments=done.arguments),
+        ]
     return [
         emit(OutputItemEvent, type="response.output_item.added", output_index=index, item=added),
-        emit(ArgumentsDeltaEvent, **where, delta=call.arguments_json),
-        emit(ArgumentsDoneEvent, **where, arguments=call.arguments_json),
+        *body,
         emit(OutputItemEvent, type="response.output_item.done", output_index=index, item=done),
     ]
 
@@ -259,13 +304,17 @@ def replay_events(response: Response) -> list[bytes]:
         emit(ResponseLifecycleEvent, type="response.in_progress", response=start),
     ]
     for index, item in enumerate(response.output):
-        if isinstance(item, FunctionCall):
-            if item.status == "incomplete":  # cut by the token limit: its arguments are not JSON
-                cut = TruncatedCall(id=item.call_id, name=item.name, arguments=item.arguments)
-                out += _call_events(emit, cut, index, "incomplete")
-            else:
-                call = replayed_call(item.call_id, item.name, item.arguments, param="output")
-                out += _call_events(emit, call, index, "completed")
+        if isinstance(item, FunctionCall | CustomToolCall):
+            out += _call_events(emit, item, index)
+            continue
+        if isinstance(item, WebSearchCall):
+            where = {"item_id": item.id, "output_index": index}
+            added = item.model_copy(update={"status": "in_progress"})
+            out += [
+                emit(OutputItemEvent, type="response.output_item.added", output_index=index, item=added),
+                emit(WebSearchCallEvent, type="response.web_search_call.completed", **where),
+                emit(OutputItemEvent, type="response.output_item.done", output_index=index, item=item),
+            ]
             continue
         message = _MessageStream(emit, index, want_logprobs=False, item_id=item.id)
         text = "".join(part.text for part in item.content)
@@ -295,6 +344,7 @@ async def stream_response(
     base: Response,
     keep: Callable[[Response], Awaitable[Response]],
     want_logprobs: bool,
+    tools: ResponsesTools | None = None,
 ) -> AsyncIterator[bytes]:
     """The event stream of one response, from ``response.created`` to its terminal event.
 
@@ -306,7 +356,9 @@ async def stream_response(
     emit = _Events()
     yield emit(ResponseLifecycleEvent, type="response.created", response=base)
     yield emit(ResponseLifecycleEvent, type="response.in_progress", response=base)
+    tools = tools or ResponsesTools()
     output: list[OutputItem] = []
+    searches: list[SearchResult] = []
     message: _MessageStream | None = None
     final: Response | None = None
     try:
@@ -315,27 +367,36 @@ async def stream_response(
                 if not event.text and not (want_logprobs and event.logprobs):
                     continue
                 if message is None:
-                    message = _MessageStream(emit, len(output), want_logprobs, grounding=generation.grounding)
+                    message = _MessageStream(
+                        emit, len(output), want_logprobs, grounding=generation.grounding, searches=searches
+                    )
                     for chunk in message.open():
                         yield chunk
                 yield message.delta(event)
+                continue
+            if message is not None and not isinstance(event, ChoiceEnd):
+                # Anything after text closes the message (a call cut by the limit: incomplete).
+                item, chunks = message.close("incomplete" if isinstance(event, ChoiceTruncatedCall) else "completed")
+                output.append(item)
+                message = None
+                for chunk in chunks:
+                    yield chunk
+            if isinstance(event, ChoiceSearch):
+                searches.append(event.search)
+                for chunk in _search_events(emit, event.search, len(output)):
+                    yield chunk
+                output.append(_web_search_call(event.search, "completed"))
             elif isinstance(event, ChoiceToolCall | ChoiceTruncatedCall):
                 # A call cut by the token limit is an incomplete function_call item, never text.
-                status = "completed" if isinstance(event, ChoiceToolCall) else "incomplete"
-                if message is not None:
-                    item, chunks = message.close(status)
-                    output.append(item)
-                    message = None
-                    for chunk in chunks:
-                        yield chunk
-                for chunk in _call_events(emit, event.call, len(output), status):
+                done = tools.item(event.call, "completed" if isinstance(event, ChoiceToolCall) else "incomplete")
+                for chunk in _call_events(emit, done, len(output)):
                     yield chunk
-                output.append(_function_call(event.call, status))
+                output.append(done)
             else:
                 status = "incomplete" if event.finish_reason == "length" else "completed"
-                if message is None and not output:
+                if message is None and not any(not isinstance(item, WebSearchCall) for item in output):
                     # No text and no call: the answer is still one (empty) message.
-                    message = _MessageStream(emit, 0, want_logprobs, grounding=generation.grounding)
+                    message = _MessageStream(emit, len(output), want_logprobs, grounding=generation.grounding)
                     for chunk in message.open():
                         yield chunk
                 if message is not None:

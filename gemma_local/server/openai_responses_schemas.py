@@ -11,16 +11,24 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from gemma_local.server.common_schemas import (
     SamplingFields,
     SearchHookFields,
+    ServingFields,
     check_forced_choice_has_tools,
     forced_choice_needs_tools,
     integral_numbers,
     reject_lone_surrogates,
-    str_or_dict,
 )
 
 ImageDetail = Literal["auto", "low", "high", "original"]
@@ -152,6 +160,28 @@ class FunctionCallItemParam(_Request):
     arguments: str = Field(description="The arguments as a JSON string.")
     id: str | None = None
     status: ItemStatus | None = None
+    namespace: str | None = Field(None, description="The namespace tool the function belongs to.")
+
+
+class CustomToolCallItemParam(_Request):
+    """A replayed call of a custom (free-form input) tool."""
+
+    type: Literal["custom_tool_call"]
+    call_id: str
+    name: str
+    input: str
+    id: str | None = None
+    status: ItemStatus | None = None
+    namespace: str | None = None
+
+
+class WebSearchCallItemParam(_Request):
+    """A replayed hosted web search: accepted; its results are already in the answer that followed."""
+
+    type: Literal["web_search_call"]
+    id: str | None = None
+    status: str | None = None
+    action: dict[str, Any] | None = None
 
 
 class FunctionCallOutputItemParam(_Request):
@@ -167,6 +197,12 @@ class FunctionCallOutputItemParam(_Request):
     @classmethod
     def _parts(cls, value: Any) -> Any:
         return _check_parts(value, ("input_text", "input_image"))
+
+
+class CustomToolCallOutputItemParam(FunctionCallOutputItemParam):
+    """The result of a custom tool call."""
+
+    type: Literal["custom_tool_call_output"]  # type: ignore[assignment]
 
 
 class ReasoningItemParam(_Request):
@@ -185,6 +221,9 @@ InputItem = Annotated[
     Annotated[MessageItemParam, Tag("message")]
     | Annotated[FunctionCallItemParam, Tag("function_call")]
     | Annotated[FunctionCallOutputItemParam, Tag("function_call_output")]
+    | Annotated[CustomToolCallItemParam, Tag("custom_tool_call")]
+    | Annotated[CustomToolCallOutputItemParam, Tag("custom_tool_call_output")]
+    | Annotated[WebSearchCallItemParam, Tag("web_search_call")]
     | Annotated[ReasoningItemParam, Tag("reasoning")],
     Discriminator(_item_type),
 ]
@@ -206,14 +245,90 @@ class FunctionToolParam(_Request):
     strict: bool | None = None
 
 
+class CustomToolParam(_Request):
+    """A tool whose input is free-form text (optionally a grammar's language), not JSON."""
+
+    type: Literal["custom"]
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    format: dict[str, Any] | None = Field(
+        None, description="{type: text} or {type: grammar, syntax: regex|lark, definition}: regex is enforced."
+    )
+
+
+def _tool_type(value: Any) -> str:
+    kind = value.get("type", "function") if isinstance(value, dict) else getattr(value, "type", "function")
+    return "web_search" if kind in WEB_SEARCH_TOOL_TYPES else str(kind)
+
+
+class NamespaceToolParam(_Request):
+    """A group of function (and custom) tools; a call names the inner function and the namespace."""
+
+    type: Literal["namespace"]
+    name: str = Field(pattern=_TOOL_NAME)
+    description: str | None = None
+    tools: list[
+        Annotated[
+            Annotated[FunctionToolParam, Tag("function")] | Annotated[CustomToolParam, Tag("custom")],
+            Discriminator(_tool_type),
+        ]
+    ] = Field(min_length=1)
+
+
+#: Hosted web search, answered by gemma-local's search hook (local index and ZIM first).
+WEB_SEARCH_TOOL_TYPES = ("web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11")
+
+
+class WebSearchToolParam(_Request):
+    """Hosted web search, served by the search hook (online providers only if configured and allowed)."""
+
+    type: Literal["web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11"]
+    external_web_access: bool | None = Field(None, description="false: offline providers only (local index, ZIM).")
+    filters: dict[str, Any] | None = None
+    search_context_size: Literal["low", "medium", "high"] | None = None
+    user_location: dict[str, Any] | None = None
+
+
+ToolParam = Annotated[
+    Annotated[FunctionToolParam, Tag("function")]
+    | Annotated[NamespaceToolParam, Tag("namespace")]
+    | Annotated[CustomToolParam, Tag("custom")]
+    | Annotated[WebSearchToolParam, Tag("web_search")],
+    Discriminator(_tool_type),
+]
+#: Tool types the server runs (hosted ones through the search hook); any other is a 400.
+SUPPORTED_TOOL_TYPES = ("function", "namespace", "custom", *WEB_SEARCH_TOOL_TYPES)
+
+
 class ToolChoiceFunction(_Request):
     type: Literal["function"]
     name: str
 
 
+class ToolChoiceCustom(_Request):
+    type: Literal["custom"]
+    name: str
+
+
+class ToolChoiceHosted(_Request):
+    """Use the hosted web search (the only hosted tool served here)."""
+
+    type: Literal["web_search_preview", "web_search_preview_2025_03_11"]
+
+
+def _choice_type(value: Any) -> str:
+    if isinstance(value, str):
+        return "str"
+    kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+    return str(kind) if kind in ("function", "custom") else "hosted"
+
+
 ToolChoiceParam = Annotated[
-    Annotated[Literal["none", "auto", "required"], Tag("str")] | Annotated[ToolChoiceFunction, Tag("dict")],
-    Discriminator(str_or_dict),
+    Annotated[Literal["none", "auto", "required"], Tag("str")]
+    | Annotated[ToolChoiceFunction, Tag("function")]
+    | Annotated[ToolChoiceCustom, Tag("custom")]
+    | Annotated[ToolChoiceHosted, Tag("hosted")],
+    Discriminator(_choice_type),
 ]
 
 
@@ -246,14 +361,14 @@ class TextConfig(_Request):
 # --- request ----------------------------------------------------------------------------
 
 
-class ResponseCreateRequest(SamplingFields, SearchHookFields, _Request):
+class ResponseCreateRequest(SamplingFields, SearchHookFields, ServingFields, _Request):
     """``POST /v1/responses``. Omitted or null options take the hosted API's defaults."""
 
     model_config = ConfigDict(
         json_schema_extra=forced_choice_needs_tools({"anyOf": [{"const": "required"}, {"type": "object"}]})
     )
 
-    model: str = Field(description="gemma-3-27b, or the id of the loaded model (see /v1/models).")
+    model: str = Field(description="A model id that /v1/models lists, or an alias; gemma-3-27b is always accepted.")
     input: Input = Field(description="A user message, or a list of input items.")
     instructions: str | None = Field(None, description="A system message for this response (not inherited).")
     previous_response_id: str | None = Field(None, description="Continue from a stored response.")
@@ -263,7 +378,9 @@ class ResponseCreateRequest(SamplingFields, SearchHookFields, _Request):
         None, ge=1, le=65536, description="Output tokens (default 4096; capped by the server, 8192)."
     )
     text: TextConfig | None = None
-    tools: list[FunctionToolParam] | None = None
+    tools: list[ToolParam] | None = Field(
+        None, description="function, namespace and custom tools; hosted web_search runs on the search hook."
+    )
     tool_choice: ToolChoiceParam | None = None
     parallel_tool_calls: bool | None = None
     metadata: dict[str, str] | None = Field(None, max_length=16)
@@ -288,6 +405,20 @@ class ResponseCreateRequest(SamplingFields, SearchHookFields, _Request):
         # Literal[False] alone would take 0 (0 == False in Python); the schema says boolean false.
         if value is not None and value is not False:
             raise ValueError("only false: background responses are not supported (use stream: true)")
+        return value
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _known_tool_types(cls, value: Any) -> Any:
+        # Named plainly (type and index) rather than as a failed union; never silently dropped.
+        if isinstance(value, list):
+            for i, tool in enumerate(value):
+                kind = tool.get("type", "function") if isinstance(tool, dict) else None
+                if isinstance(kind, str) and kind not in SUPPORTED_TOOL_TYPES:
+                    raise ValueError(
+                        f"tools[{i}] has type {kind!r}, a hosted tool this server cannot run; it serves "
+                        f"{', '.join(SUPPORTED_TOOL_TYPES)}"
+                    )
         return value
 
     @model_validator(mode="after")
@@ -335,9 +466,43 @@ class FunctionCall(BaseModel):
     name: str
     arguments: str
     status: ItemStatus
+    #: The namespace tool the function belongs to (left out for a top-level function).
+    namespace: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
-OutputItem = Annotated[OutputMessage | FunctionCall, Field(discriminator="type")]
+class CustomToolCall(BaseModel):
+    """A call of a custom tool: its input is the raw text the model wrote."""
+
+    id: str
+    type: Literal["custom_tool_call"] = "custom_tool_call"
+    call_id: str
+    name: str
+    input: str
+    status: ItemStatus = "completed"
+    namespace: str | None = Field(None, exclude_if=lambda v: v is None)
+
+
+class WebSearchSource(BaseModel):
+    type: Literal["url"] = "url"
+    url: str
+
+
+class WebSearchAction(BaseModel):
+    type: Literal["search"] = "search"
+    query: str | None = None
+    sources: list[WebSearchSource] | None = None
+
+
+class WebSearchCall(BaseModel):
+    """A hosted web search the model ran (through gemma-local's search hook)."""
+
+    id: str
+    type: Literal["web_search_call"] = "web_search_call"
+    status: Literal["in_progress", "searching", "completed", "failed", "incomplete"] = "completed"
+    action: WebSearchAction
+
+
+OutputItem = Annotated[OutputMessage | FunctionCall | CustomToolCall | WebSearchCall, Field(discriminator="type")]
 
 
 class InputTokensDetails(BaseModel):
@@ -392,8 +557,8 @@ class Response(BaseModel):
     temperature: float
     top_p: float
     text: TextConfigOut = Field(default_factory=TextConfigOut)
-    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction = "auto"
-    tools: list[FunctionToolParam] = Field(default_factory=list)
+    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceCustom | ToolChoiceHosted = "auto"
+    tools: list[ToolParam] = Field(default_factory=list)
     top_logprobs: int | None = None
     truncation: Literal["auto", "disabled"] = "disabled"
     usage: ResponseUsage | None = None
@@ -439,6 +604,10 @@ class StoredFunctionCallOutput(BaseModel):
     status: ItemStatus = "completed"
 
 
+class StoredCustomToolCallOutput(StoredFunctionCallOutput):
+    type: Literal["custom_tool_call_output"] = "custom_tool_call_output"  # type: ignore[assignment]
+
+
 def _stored_type(value: Any) -> str:
     kind = value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
     role = value.get("role") if isinstance(value, dict) else getattr(value, "role", None)
@@ -449,7 +618,10 @@ StoredItem = Annotated[
     Annotated[StoredInputMessage, Tag("message")]
     | Annotated[OutputMessage, Tag("assistant")]
     | Annotated[FunctionCall, Tag("function_call")]
-    | Annotated[StoredFunctionCallOutput, Tag("function_call_output")],
+    | Annotated[StoredFunctionCallOutput, Tag("function_call_output")]
+    | Annotated[CustomToolCall, Tag("custom_tool_call")]
+    | Annotated[StoredCustomToolCallOutput, Tag("custom_tool_call_output")]
+    | Annotated[WebSearchCall, Tag("web_search_call")],
     Discriminator(_stored_type),
 ]
 
@@ -526,6 +698,30 @@ class ArgumentsDoneEvent(_Event):
     arguments: str
 
 
+class CustomInputDeltaEvent(_Event):
+    type: Literal["response.custom_tool_call_input.delta"] = "response.custom_tool_call_input.delta"
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class CustomInputDoneEvent(_Event):
+    type: Literal["response.custom_tool_call_input.done"] = "response.custom_tool_call_input.done"
+    item_id: str
+    output_index: int
+    input: str
+
+
+class WebSearchCallEvent(_Event):
+    type: Literal[
+        "response.web_search_call.in_progress",
+        "response.web_search_call.searching",
+        "response.web_search_call.completed",
+    ]
+    item_id: str
+    output_index: int
+
+
 StreamEvent = (
     ResponseLifecycleEvent
     | OutputItemEvent
@@ -534,6 +730,9 @@ StreamEvent = (
     | TextDoneEvent
     | ArgumentsDeltaEvent
     | ArgumentsDoneEvent
+    | CustomInputDeltaEvent
+    | CustomInputDoneEvent
+    | WebSearchCallEvent
 )
 #: Every event a streamed response sends.
 STREAM_EVENTS = (
@@ -544,4 +743,7 @@ STREAM_EVENTS = (
     TextDoneEvent,
     ArgumentsDeltaEvent,
     ArgumentsDoneEvent,
+    CustomInputDeltaEvent,
+    CustomInputDoneEvent,
+    WebSearchCallEvent,
 )

@@ -23,7 +23,7 @@ from pydantic import BaseModel
 
 from gemma_local.server.auth import require_api_key
 from gemma_local.server.errors import style_for_path
-from gemma_local.server.runtime import get_pipeline
+from gemma_local.server.runtime import get_models
 
 #: Envelope schemas by error style; a style without one is documented as a plain JSON object.
 ERROR_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -134,12 +134,12 @@ def _operation_errors(route: APIRoute, has_input: bool, api_key: bool, ref: str)
         errors["400"] = _error("Invalid request: malformed JSON, a wrong or missing parameter.", ref)
     if api_key and _route_needs(route, require_api_key):
         errors["401"] = _error("Missing or wrong API key.", ref)
-    if _route_needs(route, get_pipeline) or "{" in route.path_format:
+    if _route_needs(route, get_models) or "{" in route.path_format:
         errors["404"] = _error("The model (or the object the path names) does not exist here.", ref)
     if route.body_field is not None:
         errors["413"] = _error("The request body is larger than the server accepts.", ref)
         errors["429"] = _error("Every slot is busy and the queue is full.", ref, retry_after=True)
-    if _route_needs(route, get_pipeline):
+    if _route_needs(route, get_models):
         errors["503"] = _error(
             "The model is loading, failed to load, or the server is stopping.", ref, retry_after=False
         )

@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from gemma_local.server.auth import require_api_key
 from gemma_local.server.metrics import CONTENT_TYPE_LATEST
@@ -17,8 +17,9 @@ router = APIRouter(tags=["Operations"])
 
 class Health(BaseModel):
     status: Literal["ok", "loading", "failed", "stopping", "closed"]
-    model: str | None = None
-    slots: int | None = None
+    model: str | None = Field(None, description="The model served (serving the store: the default one).")
+    loaded: list[str] | None = Field(None, description="The models in memory now.")
+    slots: int | None = Field(None, description="Slots of the loaded models together.")
     active: int | None = None
     queued: int | None = None
     error: str | None = None
@@ -31,12 +32,23 @@ class Health(BaseModel):
     responses={503: {"model": Health, "description": "The model is loading, failed to load, or shutting down."}},
 )
 async def health(request: Request) -> JSONResponse:
-    """200 once the model is loaded and serving; 503 before that. Needs no API key."""
+    """200 once serving (one model: once it is loaded); 503 before that. Needs no API key."""
     runtime = get_runtime(request)
-    engine = runtime.engine
-    if runtime.status == "ready" and engine is not None:
-        stats = engine.stats()
-        body = Health(status="ok", model=engine.model_id, slots=stats.slots, active=stats.active, queued=stats.queued)
+    models = runtime.models
+    if runtime.status == "ready" and models is not None:
+        loaded = models.loaded
+        stats = [m.engine.stats() for m in loaded]
+        default = loaded[0].entry.id if models.catalog.single and loaded else None
+        if default is None and models.catalog.entries:
+            default = models.catalog.default.id
+        body = Health(
+            status="ok",
+            model=default,
+            loaded=[m.entry.id for m in loaded],
+            slots=sum(s.slots for s in stats),
+            active=sum(s.active for s in stats),
+            queued=sum(s.queued for s in stats),
+        )
         return JSONResponse(body.model_dump(mode="json", exclude_none=True))
     error = runtime.error
     body = Health(status=runtime.status, error=getattr(error, "message", str(error)) if error else None)

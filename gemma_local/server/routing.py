@@ -29,6 +29,7 @@ from gemma_local.server.errors import ClientDisconnectedError
 from gemma_local.server.metrics import ServerMetrics
 from gemma_local.server.middleware import RECORD_KEY, RequestRecord
 from gemma_local.server.sse import sse_response
+from gemma_local.serving import Lease
 
 logger = logging.getLogger("gemma_local.server")
 
@@ -44,9 +45,10 @@ class RequestObserver:
     """The server's :class:`~gemma_local.pipeline.GenerationObserver`: metrics, and the
     request's log record (when the request-log middleware gave it one)."""
 
-    def __init__(self, metrics: ServerMetrics, record: RequestRecord | None) -> None:
+    def __init__(self, metrics: ServerMetrics, record: RequestRecord | None, model_id: str) -> None:
         self._metrics = metrics
         self._record = record
+        self._model_id = model_id
 
     def request_started(self, request: PipelineRequest) -> None:
         if self._record is not None:
@@ -54,7 +56,7 @@ class RequestObserver:
             self._record.model = request.model
 
     def choice_finished(self, endpoint: str, event: Finished) -> None:
-        self._metrics.observe_generation(endpoint, event.finish_reason, event.usage, event.timings)
+        self._metrics.observe_generation(endpoint, self._model_id, event.finish_reason, event.usage, event.timings)
 
     def generation_over(self, summary: GenerationSummary) -> None:
         record = self._record
@@ -77,37 +79,52 @@ def request_record(request: Request) -> RequestRecord | None:
 
 async def start(request: Request, pipeline: Pipeline, pipeline_request: PipelineRequest) -> Generation:
     """Start ``pipeline_request``, reported to the app's metrics and this request's log line."""
-    observer = RequestObserver(request.app.state.runtime.metrics, request_record(request))
+    record = request_record(request)
+    served = record.served_model if record is not None and record.served_model else pipeline.engine.model_id
+    observer = RequestObserver(request.app.state.runtime.metrics, record, served)
     return await pipeline.start(pipeline_request, observer)
 
 
 async def respond(
     request: Request,
-    pipeline: Pipeline,
+    lease: Lease,
     pipeline_request: PipelineRequest,
     *,
     stream: StreamEncoder | None,
     whole: WholeEncoder,
 ) -> Response:
-    """Run a generating request and answer it, streamed (``stream`` given) or whole.
+    """Run a generating request on its model lease and answer it, streamed (``stream`` given) or whole.
+
+    The lease is given back when the generation is over: after the whole answer, or when the
+    event stream ends (the client leaving included), so the model is never unloaded under it.
 
     Raises:
         GemmaLocalError: the request was refused before anything was sent (the API's error
             envelope and status), or the client left before a whole answer was ready.
     """
-    generation = await start(request, pipeline, pipeline_request)
+    try:
+        generation = await start(request, lease.pipeline, pipeline_request)
+    except BaseException:
+        lease.release()
+        raise
+
+    def finished() -> None:
+        generation.cancel()
+        lease.release()
+
     try:
         if stream is not None:
-            # The response owns it from here: it cancels the generation when it ends, even
-            # when the client leaves before the first event.
-            return sse_response(stream(generation), on_close=generation.cancel)
+            # The response owns it from here: it cancels the generation and gives the model
+            # back when it ends, even when the client leaves before the first event.
+            return sse_response(stream(generation), on_close=finished)
         outcome = await until_disconnected(request, generation.result())
         body = whole(generation, outcome)
         if inspect.isawaitable(body):
             body = await body
+        lease.release()
         return JSONResponse(body.model_dump(mode="json"))
     except BaseException:
-        generation.cancel()
+        finished()
         raise
 
 
@@ -157,4 +174,3 @@ async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
     finally:
         watch_task.cancel()
         work_task.cancel()
-
