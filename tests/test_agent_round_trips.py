@@ -92,6 +92,9 @@ name = "gemma-local"
 base_url = "{base_url}/v1"
 env_key = "GEMMA_LOCAL_CLIENT_KEY"
 wire_api = "responses"
+# A cold prefill of Codex's ~9K-token prompt can take minutes on a loaded CPU, longer than
+# Codex's default 5-minute wait for the next stream event.
+stream_idle_timeout_ms = 1800000
 """
 
 
