@@ -94,10 +94,11 @@ class ServeProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def requests(self, path: str) -> list[LoggedRequest]:
-        """The requests to ``path`` logged so far, in order."""
+        """The requests to ``path`` answered so far, in order (not those the client gave up on
+        and sent again: Codex retries a request whose stream stays silent too long)."""
         out = []
         for m in LOG_LINE.finditer(self.log.read_text()):
-            if m["path"] == path:
+            if m["path"] == path and m["finish"] != "cancelled":
                 ttft = None if m["ttft"] == "-" else float(m["ttft"].rstrip("s"))
                 out.append(
                     LoggedRequest(
