@@ -136,6 +136,12 @@ class ServerSettings(_Settings):
         default_factory=list, description="Allow browser calls from this origin (off if none)."
     )
     max_output_tokens: int = Field(8192, ge=1, le=131072, description="Cap on output tokens per answer.")
+    force_tool: str | None = Field(
+        None,
+        description="Force one call to this tool at the start of each user turn of a request that offers it and "
+        "leaves tool_choice at auto (then the model answers freely): makes a small model take a client's tool "
+        "round trip, for tests.",
+    )
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
     allow_remote_images: bool = Field(
         False,

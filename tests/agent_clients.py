@@ -7,13 +7,20 @@ one line saying so.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,3 +57,101 @@ def codex_home() -> Iterator[Path]:
         yield home
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+# --- a real `gemma-local serve` for the clients ------------------------------------------------
+
+#: One request log line of the server: ``... POST /v1/messages status=200 in=N out=M cached=C ... finish=F``.
+LOG_LINE = re.compile(
+    r"POST (?P<path>\S+) status=(?P<status>\d+) in=(?P<prompt>\d+) out=(?P<out>\d+) cached=(?P<cached>\d+) "
+    r"ttft=(?P<ttft>\S+) .*finish=(?P<finish>\S+)"
+)
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One model request as the server's request log reports it."""
+
+    path: str
+    status: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float | None
+    finish: str
+
+
+@dataclass
+class ServeProcess:
+    """``python -m gemma_local serve`` running from the repository root, its log in a file."""
+
+    proc: subprocess.Popen[str]
+    port: int
+    log: Path
+
+    @property
+    def root(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def requests(self, path: str) -> list[LoggedRequest]:
+        """The requests to ``path`` answered so far, in order (not those the client gave up on
+        and sent again: Codex retries a request whose stream stays silent too long)."""
+        out = []
+        for m in LOG_LINE.finditer(self.log.read_text()):
+            if m["path"] == path and m["finish"] != "cancelled":
+                ttft = None if m["ttft"] == "-" else float(m["ttft"].rstrip("s"))
+                out.append(
+                    LoggedRequest(
+                        m["path"],
+                        int(m["status"]),
+                        int(m["prompt"]),
+                        int(m["out"]),
+                        int(m["cached"]),
+                        ttft,
+                        m["finish"],
+                    )
+                )
+        return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serve(home: Path, *flags: str, ready_timeout: float = 120) -> Iterator[ServeProcess]:
+    """The server on the embedded model, on a free loopback port, stopped afterwards.
+
+    Args:
+        home: its GEMMA_LOCAL_HOME (an empty store: the embedded 270M is served).
+        flags: more ``serve`` options (``--ctx``, ``--force-tool``, …).
+    """
+    port = free_port()
+    log = home / "serve.log"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GEMMA_LOCAL_")}
+    env["GEMMA_LOCAL_HOME"] = str(home)
+    cmd = [sys.executable, "-m", "gemma_local", "serve", "--port", str(port), *flags]
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=sink, text=True, env=env)
+    server = ServeProcess(proc, port, log)
+    try:
+        deadline = time.monotonic() + ready_timeout
+        while True:
+            assert proc.poll() is None, f"serve exited: {log.read_text()[-2000:]}"
+            try:
+                if httpx.get(f"{server.root}/health", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "serve did not get ready"
+            time.sleep(0.5)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

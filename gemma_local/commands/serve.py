@@ -64,6 +64,7 @@ def base_urls(host: str, port: int) -> tuple[str, str]:
 @setting_option(ServerSettings, "api_key")
 @setting_option(ServerSettings, "cors_origins", "--cors-origin")
 @setting_option(ServerSettings, "max_output_tokens")
+@setting_option(ServerSettings, "force_tool", metavar="NAME")
 @setting_option(ServerSettings, "allow_remote_images")
 @setting_option(ServerSettings, "allowed_image_hosts", "--allowed-image-host")
 @setting_option(ServerSettings, "shutdown_grace")

@@ -7,6 +7,7 @@ the engine as a :class:`Generation` of API-neutral events. Nothing here knows ab
 
 from gemma_local.engine.tools import NamedToolChoice, ToolChoice, ToolSpec
 from gemma_local.engine.types import ImageRef, ToolCall
+from gemma_local.pipeline.forcing import ToolForcing
 from gemma_local.pipeline.generation import (
     ChoiceDelta,
     ChoiceEnd,
@@ -62,6 +63,7 @@ __all__ = [
     "SearchResult",
     "ToolCall",
     "ToolChoice",
+    "ToolForcing",
     "ToolSpec",
     "TruncatedCall",
     "combine_usage",

@@ -29,6 +29,7 @@ from gemma_local.engine.tools import ToolPlan
 from gemma_local.engine.types import ToolCall
 from gemma_local.errors import GemmaLocalError
 from gemma_local.images import ImagePolicy
+from gemma_local.pipeline.forcing import ToolForcing
 from gemma_local.pipeline.generation import Generation, GenerationObserver
 from gemma_local.pipeline.grounding import aground
 from gemma_local.pipeline.hosted_search import HostedSearch, SearchResult, run_hosted_search
@@ -70,6 +71,8 @@ class Pipeline:
         image_policy: how images named by URL or base64 are loaded (sizes, remote fetching).
         search_chain: the search hook's providers (default: built from settings on first use).
         models: the ids it answers to (default: the engine's own, its family's and the hosted id).
+        forcing: a tool whose call is forced at the start of each user turn (``serve
+            --force-tool``; default: none).
     """
 
     def __init__(
@@ -79,9 +82,11 @@ class Pipeline:
         image_policy: ImagePolicy | None = None,
         search_chain: ProviderChain | None = None,
         models: ServedModels | None = None,
+        forcing: ToolForcing | None = None,
     ) -> None:
         self.engine = engine
         self.limits = limits or RequestLimits(default_seed=engine.default_seed)
+        self.forcing = forcing or ToolForcing()
         self.image_policy = image_policy or ImagePolicy()
         self._search_chain = search_chain
         self.info = engine.info
@@ -173,6 +178,8 @@ class Pipeline:
         return replace(request, generation=request.generation.model_copy(update={"messages": loaded}))
 
     def _plan(self, request: PipelineRequest) -> tuple[PipelineRequest, ToolPlan | None]:
+        answer_stops = self.forcing.answer_stops(request)
+        request = self.forcing.apply(request)
         generation, plan = plan_generation(
             request.generation,
             request.tools,
@@ -180,6 +187,10 @@ class Pipeline:
             request.output_format,
             parallel=request.parallel_tool_calls,
         )
+        if answer_stops and plan is not None:
+            # The policy's own stops: reported as a plain stop, like the plan's.
+            generation = generation.model_copy(update={"stop": (*generation.stop, *answer_stops)})
+            plan = replace(plan, stop=(*plan.stop, *answer_stops))
         return replace(request, generation=generation), plan
 
     def _choice_requests(self, request: PipelineRequest) -> list[GenerationRequest]:

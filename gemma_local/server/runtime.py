@@ -18,7 +18,7 @@ from fastapi import Request
 
 from gemma_local.errors import ModelLoadError
 from gemma_local.images import ImagePolicy
-from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits
+from gemma_local.pipeline import EngineLike, Pipeline, RequestLimits, ToolForcing
 from gemma_local.pipeline.model_ids import ServedModels
 from gemma_local.search import ProviderChain
 from gemma_local.server.errors import EngineNotReadyError
@@ -73,6 +73,7 @@ class Runtime:
             ImagePolicy.from_settings(self.settings),
             self.search_chain,
             models,
+            ToolForcing(self.settings.force_tool),
         )
 
     def manage(self, manager: ModelManager) -> None:
