@@ -64,8 +64,8 @@ def test_claude_code_turns_take_a_tool_round_trip_and_reuse_the_prompt(tmp_path:
         d.mkdir()
     (work / "notes.txt").write_text("The meeting is on Tuesday.\n")
     # Claude Code sends no temperature (0.7 here), so the forced Read call's length varies: 96
-    # tokens cut it short now and then (a truncated call is dropped), 192 leaves it room.
-    flags = ("--ctx", "16384", "--parallel", "1", "--max-output-tokens", "192", "--force-tool", "Read")
+    # tokens cut it short now and then (a truncated call is dropped), 320 leaves it room.
+    flags = ("--ctx", "16384", "--parallel", "1", "--max-output-tokens", "320", "--force-tool", "Read")
     with serve(home, *flags) as server:
         first = _claude(binary, server, work, config, "What does notes.txt say?")
         after_first = len(server.requests("/v1/messages"))

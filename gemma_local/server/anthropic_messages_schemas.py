@@ -269,7 +269,12 @@ class _MessagesBase(_Request):
 class MessagesRequest(SamplingFields, SearchHookFields, ServingFields, _MessagesBase):
     """``POST /v1/messages``. A last assistant message is continued (prefill)."""
 
-    max_tokens: int = Field(ge=1, le=65536, description="Output tokens (capped by the server, 8192).")
+    max_tokens: int = Field(
+        ge=1,
+        le=1_000_000,
+        description="Output tokens; more than the server's cap (8192 by default) is capped, not refused "
+        "(Claude Code asks for 32000, and more when it retries an answer cut at max_tokens).",
+    )
     stop_sequences: list[str] | None = Field(None, description="Generation stops at the first of these.")
     stream: bool | None = False
     metadata: dict[str, Any] | None = Field(None, description="Accepted and ignored.")
