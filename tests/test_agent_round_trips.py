@@ -43,11 +43,12 @@ def _claude(binary: Path, server: ServeProcess, work: Path, config: Path, *args:
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
         "CLAUDE_CONFIG_DIR": str(config),
     }
-    # Two turns: the forced call, then the answer after its result. The 270M never writes a
-    # final text answer (it calls the tool again, or says nothing and then calls it when
-    # Claude Code asks for visible output), so the run ends at the turn limit: exit 1 with a
-    # result of subtype error_max_turns. Anything else (an API error, no JSON) is a failure.
-    cmd = [binary, "-p", *args, "--output-format", "json", "--tools", "Read", "--max-turns", "2"]
+    # The forced call, then the answer after its result (which ends where another call would
+    # open). Claude Code sends no temperature, so the 270M samples the call's file path: now and
+    # then it runs to the output cap, the cut call is dropped and Claude Code asks again (the
+    # next user turn is forced again); a few turns leave room for that. Ending at the turn limit
+    # (exit 1, subtype error_max_turns) is fine; an API error or no JSON is a failure.
+    cmd = [binary, "-p", *args, "--output-format", "json", "--tools", "Read", "--max-turns", "4"]
     out = subprocess.run(
         cmd, cwd=work, env=env, capture_output=True, text=True, timeout=CLIENT_TIMEOUT, stdin=subprocess.DEVNULL
     )
@@ -67,16 +68,15 @@ def test_claude_code_turns_take_a_tool_round_trip_and_reuse_the_prompt(tmp_path:
     # tokens cut it short now and then (a truncated call is dropped), 320 leaves it room.
     flags = ("--ctx", "16384", "--parallel", "1", "--max-output-tokens", "320", "--force-tool", "Read")
     with serve(home, *flags) as server:
-        first = _claude(binary, server, work, config, "What does notes.txt say?")
+        _claude(binary, server, work, config, "What does notes.txt say?")
         after_first = len(server.requests("/v1/messages"))
         second = _claude(binary, server, work, config, "--continue", "Read it again.")
         requests = server.requests("/v1/messages")
     assert all(r.status == 200 for r in requests), requests
-    for result in (first, second):
-        assert result["num_turns"] >= 2  # the call, then the answer after its result
-    # Each `-p` run: the forced call, then at least one request carrying its result.
-    assert after_first >= 2 and len(requests) >= after_first + 2
-    assert requests[0].finish == "tool_calls" and requests[after_first].finish == "tool_calls"
+    # Each `-p` run: a forced call that came back whole, then a request carrying its result.
+    for run in (requests[:after_first], requests[after_first:]):
+        calls = [i for i, r in enumerate(run) if r.finish == "tool_calls"]
+        assert calls and calls[0] + 1 < len(run), run
     # Every request reuses >= 95% of the one before it, across the two runs too.
     reuse = _reuse(requests)
     assert min(reuse) >= 0.95, [(r.prompt_tokens, r.cached_tokens) for r in requests]
