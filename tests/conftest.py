@@ -257,3 +257,11 @@ def local_search_server(engine, tmp_path_factory: pytest.TempPathFactory, docume
     server = LiveServer(create_app(engine, server_settings(), search_chain=chain))
     server.docs = docs
     return server
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """The RPC tests run last: ggml cannot unregister an RPC worker's devices, and a worker they
+    started is gone afterwards, so anything in this process that loads a model with llama.cpp's
+    default devices (every registered one: the vision projector, the grammar probe's vocabulary)
+    would reach for it and abort the process."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/test_rpc.py"))

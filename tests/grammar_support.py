@@ -15,6 +15,8 @@ from pathlib import Path
 import llama_cpp
 import numpy as np
 
+from gemma_local.engine import rpc
+
 _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
 
@@ -25,6 +27,10 @@ class GrammarProbe:
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.vocab_only = True
+        # Local devices only: an RPC test earlier in the session registered workers that are gone.
+        self._devices = rpc.model_devices(())
+        if self._devices is not None:
+            params.devices = ctypes.cast(self._devices, ctypes.c_void_p)
         self._model = llama_cpp.llama_model_load_from_file(str(model_path).encode(), params)
         assert self._model, f"could not load the vocabulary of {model_path}"
         self.vocab = llama_cpp.llama_model_get_vocab(self._model)
