@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -51,7 +52,10 @@ def codex_home() -> Iterator[Path]:
     """A fresh CODEX_HOME, removed afterwards. It lives under .agents/, not the system temp
     folder: Codex refuses to write its helper binaries (the tool aliases its shell relies on)
     under a temporary directory."""
-    home = AGENTS / "homes" / f"codex-{uuid.uuid4().hex[:12]}"
+    root = AGENTS / "homes"
+    if root.resolve().is_relative_to(Path(tempfile.gettempdir()).resolve()):
+        root = Path.home() / ".cache" / "gemma-local" / "codex-homes"  # a checkout under /tmp (CI's clone)
+    home = root / f"codex-{uuid.uuid4().hex[:12]}"
     home.mkdir(parents=True)
     try:
         yield home

@@ -134,10 +134,10 @@ def _27b(quant: str, weights_gib: float, projector_gib: float = 0):
 def test_choose_quant_takes_the_best_the_planner_fits_and_says_why() -> None:
     machine = MachineMemory.assume(30 * GIB, "available RAM")  # a plan may use 25.5 GiB
     choice = choose_quant([_27b("q8_0", 28), _27b("q6_k", 22), _27b("q4_k_m", 16)], machine=machine, model="27b")
-    assert choice.quant == "q6_k"  # 22 GiB of weights + 1.2 GiB KV for 8192 tokens + buffers
+    assert choice.quant == "q6_k"  # 22 GiB of weights + 1.2 GiB KV for 8192 tokens + checkpoints + buffers
     assert choice.required_bytes == minimum_plan(_27b("q6_k", 22).shape, machine).estimate.total
     assert choice.reason == (
-        "best quality that fits 85% of 30.0 GiB of available RAM (needs ≈23.4 GiB for 1 slot of 8192 tokens); "
+        "best quality that fits 85% of 30.0 GiB of available RAM (needs ≈25.4 GiB for 1 slot of 8192 tokens); "
         "q8_0 would need ≈28.8 GiB for 1 slot of 8192 tokens"
     )
 

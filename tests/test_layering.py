@@ -57,5 +57,7 @@ def test_imports_point_one_way(folder: str, forbidden: tuple[str, ...]) -> None:
 
 def test_the_memory_model_sits_below_hub_and_engine() -> None:
     """hub and the CLI plan with gemma_local.memory; it imports only the GGUF reader and errors."""
-    allowed = {"gemma_local.gguf", "gemma_local.errors"} | {f"gemma_local.memory.{m}" for m in ("machine", "planner")}
+    allowed = {"gemma_local.gguf", "gemma_local.errors"} | {
+        f"gemma_local.memory.{m}" for m in ("machine", "planner", "split")
+    }
     assert set(_imports(PACKAGE / "memory")) <= allowed

@@ -198,8 +198,9 @@ def test_pacer_grows_on_acceptance_and_pauses_on_misses() -> None:
 
 def test_metrics_and_request_log_show_drafts(openai_client, http, caplog) -> None:
     def counter(text: str, name: str) -> float:
-        prefix = f'{name}{{endpoint="/v1/chat/completions"}} '
-        return sum(float(line[len(prefix) :]) for line in text.splitlines() if line.startswith(prefix))
+        # Labelled by endpoint and model: every model's count of the Chat endpoint.
+        prefix = f'{name}{{endpoint="/v1/chat/completions",'
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(prefix))
 
     before = http.get("/metrics").text
     with caplog.at_level(logging.INFO, logger="gemma_local.server"):
