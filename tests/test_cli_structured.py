@@ -45,40 +45,14 @@ def test_generate_prints_forced_calls_as_json_lines(tmp_path: Path, model_path: 
 
 
 def test_generate_n_choices(model_path: Path) -> None:
-    proc = run_cli(
-        "generate",
-        "Once upon a time",
-        "-n",
-        "2",
-        "--temperature",
-        "1",
-        "--seed",
-        "5",
-        "--max-tokens",
-        "4",
-        "--json",
-        "--ctx",
-        "1024",
-    )
+    two = ("generate", "Once upon a time", "-n", "2", "--temperature", "1", "--seed", "5", "--max-tokens", "4")
+    proc = run_cli(*two, "--json", "--ctx", "1024")
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert [c["index"] for c in result["choices"]] == [0, 1]
     assert 2 <= result["usage"]["completion_tokens"] <= 8  # both choices counted, each at most 4
     assert result["text"] == result["choices"][0]["text"]
-    plain = run_cli(
-        "generate",
-        "Once upon a time",
-        "-n",
-        "2",
-        "--temperature",
-        "1",
-        "--seed",
-        "5",
-        "--max-tokens",
-        "4",
-        "--ctx",
-        "1024",
-    )
+    plain = run_cli(*two, "--ctx", "1024")
     assert plain.returncode == 0, plain.stderr
     assert plain.stderr.count("[choice ") >= 2
 

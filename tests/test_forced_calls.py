@@ -116,28 +116,21 @@ def test_forced_calls_complete_on_every_api(openai_client, anthropic_client) -> 
 
 def test_a_call_cut_by_max_tokens_is_never_text(openai_client, anthropic_client) -> None:
     tools = [{"type": "function", "function": {k: FUNCTION[k] for k in ("name", "description", "parameters")}}]
-    chat = openai_client.chat.completions.create(
-        model="gemma-3-27b",
-        messages=[{"role": "user", "content": PROMPT}],
-        temperature=0,
-        max_tokens=18,
-        tools=tools,
-        tool_choice={"type": "function", "function": {"name": "add"}},
-    )
+    cut_at_18 = {
+        "model": "gemma-3-27b",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "temperature": 0,
+        "max_tokens": 18,
+        "tools": tools,
+        "tool_choice": {"type": "function", "function": {"name": "add"}},
+    }
+    chat = openai_client.chat.completions.create(**cut_at_18)
     choice = chat.choices[0]
     assert choice.finish_reason == "length" and choice.message.content is None
     [cut] = choice.message.tool_calls
     assert cut.function.name == "add" and cut.function.arguments and not cut.function.arguments.endswith("}")
 
-    streamed = openai_client.chat.completions.create(
-        model="gemma-3-27b",
-        messages=[{"role": "user", "content": PROMPT}],
-        temperature=0,
-        max_tokens=18,
-        tools=tools,
-        tool_choice={"type": "function", "function": {"name": "add"}},
-        stream=True,
-    )
+    streamed = openai_client.chat.completions.create(**cut_at_18, stream=True)
     chunks = list(streamed)
     assert not "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     pieces = [t for c in chunks if c.choices for t in c.choices[0].delta.tool_calls or []]
