@@ -107,6 +107,18 @@ class EmbeddedModelMissingError(ModelNotFoundError):
         )
 
 
+class DraftModelError(ModelLoadError):
+    """Speculative decoding's draft model is not given, cannot be loaded, or cannot draft for the
+    model it would serve (its vocabulary differs)."""
+
+    code = "draft_model"
+    param = "draft_model"
+
+    def __init__(self, message: str, *, path: str | None = None, reason: str | None = None) -> None:
+        super().__init__(message, path=path)
+        self.reason = reason
+
+
 # --- serving -----------------------------------------------------------------------------
 
 

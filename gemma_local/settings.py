@@ -39,7 +39,7 @@ __all__ = [
 ENV_PREFIX = "GEMMA_LOCAL_"
 KvCacheType = Literal["f16", "q8_0", "q4_0"]
 FlashAttention = Literal["auto", "on", "off"]
-Speculative = Literal["auto", "off", "ngram"]
+Speculative = Literal["auto", "off", "ngram", "draft"]
 
 
 class _Settings(BaseSettings):
@@ -108,8 +108,14 @@ class EngineSettings(_Settings):
     speculative: Speculative = Field(
         "auto",
         description="Speculative decoding: ngram drafts tokens from the request's own prompt and output "
-        "(prompt lookup), verified in the same batch, adaptive (it pauses where drafts miss and when more than "
-        "2 slots generate); auto = ngram for greedy requests only; off decodes one token at a time.",
+        "(prompt lookup); draft has the --draft-model guess them; either is verified in the same batch and "
+        "adaptive (it pauses where drafts miss and when more than 2 slots generate); auto = for greedy requests "
+        "only, with the draft model when one is given, else ngram; off decodes one token at a time.",
+    )
+    draft_model: str | None = Field(
+        None,
+        description="A small model of the same vocabulary that drafts for the served one (a name in the store, "
+        "or a GGUF path; e.g. gemma-3-270m for gemma-3-27b); used by --speculative draft and auto.",
     )
     draft_max: int = Field(8, ge=1, le=32, description="Most draft tokens a slot verifies per step.")
     max_queue: int = Field(64, ge=0, le=100000, description="Requests allowed to wait for a free slot.")

@@ -1,5 +1,8 @@
 """Draft tokens for speculative decoding: prompt lookup (n-grams of the request's own tokens).
 
+(The other drafter, a small model of the same vocabulary, is :mod:`gemma_local.engine.draft_model`;
+the rule below keeps either exact.)
+
 Each step a generating slot may add, after its next token, a few *draft* tokens guessed from
 its own prompt and output: the tokens that followed the latest earlier occurrence of the
 last few tokens. The scheduler decodes them in the same ``llama_decode`` as every other
@@ -21,6 +24,9 @@ compute and gains nothing).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
+
+from gemma_local.errors import DraftModelError
 
 #: The longest and shortest n-grams looked up (longest first: a longer match predicts better).
 NGRAM_MAX = 4
@@ -102,6 +108,10 @@ class DraftPacer:
             self.acceptance = 0.5  # give it another chance after the pause
 
 
+#: Which drafter a request gets: prompt lookup, or the draft model (:mod:`gemma_local.engine.draft_model`).
+Drafter = Literal["ngram", "model"]
+
+
 @dataclass(frozen=True)
 class SpeculationPolicy:
     """Whether and how much the scheduler drafts.
@@ -109,17 +119,45 @@ class SpeculationPolicy:
     ``max_busy`` is the most generating slots at which drafting still pays: a batch that
     already carries a token for each of many slots is compute-bound, and verifying drafts
     then costs more than it saves.
+
+    ``mode``: ``"off"``; ``"ngram"`` (prompt lookup for every request); ``"draft"`` (the
+    model at ``draft_model``, a GGUF path, for every request); ``"auto"`` (greedy requests
+    only: the draft model when one is given, else prompt lookup).
+
+    Raises:
+        DraftModelError: ``mode="draft"`` without a ``draft_model``.
     """
 
-    mode: str = "off"  # "off", "ngram", or "auto" (n-gram drafts for greedy requests only)
+    mode: str = "off"
     draft_max: int = 8
     max_busy: int = 2
+    draft_model: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode == "draft" and not self.draft_model:
+            raise DraftModelError(
+                "--speculative draft needs a draft model: pass --draft-model NAME|PATH (or set "
+                "GEMMA_LOCAL_DRAFT_MODEL), e.g. --draft-model gemma-3-270m, or use --speculative ngram.",
+                reason="missing",
+            )
 
     @property
     def enabled(self) -> bool:
         return self.mode != "off" and self.draft_max > 0
 
+    @property
+    def uses_draft_model(self) -> bool:
+        """Whether a draft model is loaded for this policy (``draft``, or ``auto`` with one given)."""
+        return self.enabled and self.draft_model is not None and self.mode in ("draft", "auto")
+
+    def drafter_for(self, temperature: float) -> Drafter | None:
+        """Which drafter a request at ``temperature`` gets (None: it does not draft). Under
+        ``auto`` only greedy requests draft, where the bench shows no loss (sampled prose
+        accepts too few drafts to pay on a CPU)."""
+        if not self.enabled or (self.mode == "auto" and temperature > 0.0):
+            return None
+        return "model" if self.uses_draft_model else "ngram"
+
     def drafts_for(self, temperature: float) -> bool:
-        """Whether a request at ``temperature`` drafts: under ``auto`` only greedy ones, where
-        the bench shows no loss (sampled prose accepts too few drafts to pay on a CPU)."""
-        return self.enabled and (self.mode == "ngram" or temperature <= 0.0)
+        """Whether a request at ``temperature`` drafts at all."""
+        return self.drafter_for(temperature) is not None

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from gemma_local.engine import rpc
 from gemma_local.engine.chat_format import RenderedPrompt, Special, render, render_raw
+from gemma_local.engine.draft_model import DraftModel
 from gemma_local.engine.drafting import SpeculationPolicy
 from gemma_local.engine.kv_slots import CheckpointPolicy
 from gemma_local.engine.model import ContextParams, LlamaModel
@@ -64,10 +65,13 @@ class Engine:
         mmproj_path: a vision projector to load beside the model.
         checkpoints: how often and how many sliding-window checkpoints each slot keeps
             (default: :class:`CheckpointPolicy`'s).
-        speculation: speculative decoding (default: off).
+        speculation: speculative decoding (default: off); a draft model it names
+            (``draft_model``, a GGUF path) is loaded beside the model, one sequence per slot.
 
     Raises:
-        ModelNotFoundError, ModelLoadError: the file is missing, not GGUF, or fails to load.
+        ModelNotFoundError, ModelLoadError: the file (or the draft model's) is missing, not GGUF,
+            or fails to load.
+        DraftModelError: the draft model cannot draft for this one (another vocabulary).
     """
 
     def __init__(
@@ -87,12 +91,17 @@ class Engine:
             params = replace(params, n_outputs_per_seq=max(params.n_outputs_per_seq, speculation.draft_max + 1))
         self.model = LlamaModel(model_path, params)
         self.vision: VisionProjector | None = None
+        self.draft: DraftModel | None = None
         try:
             if mmproj_path is not None:
                 self.vision = VisionProjector(
                     mmproj_path, self.model, n_threads=self.model.n_threads, use_gpu=params.gpu_layers != 0
                 )
+            if speculation is not None and speculation.uses_draft_model:
+                self.draft = DraftModel(speculation.draft_model, self.model, checkpoints)
         except Exception:
+            if self.vision is not None:
+                self.vision.close()
             self.model.close()
             raise
         self.default_seed = default_seed
@@ -101,7 +110,9 @@ class Engine:
         self.lost: WorkerLostError | None = None
         #: Called (from a llama.cpp thread) with that error, e.g. by a server to report itself degraded.
         self.on_worker_lost: Callable[[WorkerLostError], None] | None = None
-        self._scheduler = Scheduler(self.model, max_queue=max_queue, checkpoints=checkpoints, speculation=speculation)
+        self._scheduler = Scheduler(
+            self.model, max_queue=max_queue, checkpoints=checkpoints, speculation=speculation, draft=self.draft
+        )
         if params.rpc_servers:
             rpc.watch_for_loss(params.rpc_servers, self._worker_lost)
 
@@ -221,6 +232,9 @@ class Engine:
         if getattr(self, "vision", None) is not None:
             self.vision.close()
             self.vision = None
+        if getattr(self, "draft", None) is not None:
+            self.draft.close()
+            self.draft = None
         if getattr(self, "model", None) is not None:
             self.model.close()
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field, replace
 import llama_cpp
 import numpy as np
 
+from gemma_local.engine.draft_model import DraftModel, DraftRequest
 from gemma_local.engine.drafting import DraftPacer, NgramDrafter, SpeculationPolicy
 from gemma_local.engine.kv_slots import CheckpointPolicy, Slot, SlotCache
 from gemma_local.engine.model import LlamaModel
@@ -97,6 +98,7 @@ class Job:
     assembler: TextAssembler = field(default_factory=TextAssembler)
     pending_logprobs: list[TokenLogprob] = field(default_factory=list)
     drafter: NgramDrafter | None = None
+    uses_draft_model: bool = False  # drafts come from the draft model (else from ``drafter``)
     pacer: DraftPacer | None = None
     drafted: int = 0  # draft tokens verified
     accepted: int = 0  # of which kept
@@ -130,8 +132,11 @@ class Scheduler:
         max_queue: int = 64,
         checkpoints: CheckpointPolicy | None = None,
         speculation: SpeculationPolicy | None = None,
+        draft: DraftModel | None = None,
     ) -> None:
         self.model = model
+        #: The draft model, when the policy drafts with one (its sequence i drafts for slot i).
+        self.draft = draft
         self.max_queue = max_queue
         self.cache = SlotCache(model, checkpoints)
         self.speculation = speculation or SpeculationPolicy()
@@ -300,14 +305,22 @@ class Scheduler:
         job.assembler = TextAssembler(job.request.stop)
         job.n_past = n_keep
         job.cached_tokens = n_keep
-        if self.speculation.drafts_for(job.request.sampling.temperature):
+        drafter = self.speculation.drafter_for(job.request.sampling.temperature)
+        if drafter == "model" and self.draft is not None and not info.images:
+            self.draft.start(slot.seq_id, info.tokens)
+            job.uses_draft_model = True
+        elif drafter is not None:
+            # Prompt lookup also for an image prompt under the draft model (which cannot see images).
             job.drafter = NgramDrafter(info.tokens)
+        if drafter is not None:
             job.pacer = DraftPacer(max_len=self.speculation.draft_max)
 
     def _clear_idle_slots(self) -> None:
         for slot in self.slots:
             if slot.job is None:
                 self.cache.clear(slot)
+                if self.draft is not None:
+                    self.draft.clear(slot.seq_id)
 
     def _reap_cancelled(self) -> None:
         for job in [j for j in self._active if j.stream.cancel_requested]:
@@ -330,12 +343,16 @@ class Scheduler:
         # Drafts only while few slots generate (see SpeculationPolicy), after every slot's own token.
         drafting = self.speculation.enabled and len(generating) <= self.speculation.max_busy
         room -= len(generating)
+        budgets: list[tuple[Job, int]] = []
         for job in generating:
             if job.n_past >= n_ctx:
                 self._finish(job, "length")
                 continue
-            drafts = self._drafts(job, room) if drafting else []
-            room -= len(drafts)
+            k = self._draft_budget(job, room) if drafting else 0
+            room -= k
+            budgets.append((job, k))
+        for (job, k), drafts in zip(budgets, self._drafts(budgets, catch_up=drafting), strict=True):
+            room += k - len(drafts)
             in_batch.append((job, [job.next_token, *drafts]))
         for job in [j for j in self._active if j.prefilling]:
             if room <= 0:
@@ -392,15 +409,40 @@ class Scheduler:
                 job.prompt_done_at = now
                 self._isolated(job, lambda j: self._take(j, j.out_index))
 
-    def _drafts(self, job: Job, room: int) -> list[int]:
-        """Draft tokens for ``job`` this step (none without a drafter, a match or room)."""
-        if job.drafter is None or job.pacer is None:
-            return []
+    def _draft_budget(self, job: Job, room: int) -> int:
+        """How many tokens ``job`` may draft this step (0 without a drafter or room)."""
+        if job.pacer is None:
+            return 0
         limit = min(room, self.model.n_ctx_per_seq - job.n_past - 1)
         if job.request.max_tokens is not None:
             limit = min(limit, job.request.max_tokens - job.n_generated - 1)
-        k = min(limit, job.pacer.budget())
-        return job.drafter.draft(k) if k > 0 else []
+        return min(limit, job.pacer.budget()) if limit > 0 else 0
+
+    def _drafts(self, budgets: list[tuple[Job, int]], *, catch_up: bool) -> list[list[int]]:
+        """Each generating job's draft tokens this step, for its budget (prompt lookup, or the
+        draft model for all its slots at once). ``catch_up``: the draft model also decodes the
+        prompts the target is processing, so that it is ready to draft at their first token."""
+        out: list[list[int]] = [[] for _ in budgets]
+        wanted: list[tuple[int, DraftRequest]] = []
+        for i, (job, k) in enumerate(budgets):
+            if job.uses_draft_model:
+                if k > 0:
+                    context = [*job.slot.tokens, job.next_token]
+                    wanted.append((i, DraftRequest(job.slot.seq_id, context, k, len(job.prompt))))
+            elif job.drafter is not None and k > 0:
+                out[i] = job.drafter.draft(k)
+        if self.draft is None:
+            return out
+        behind = [
+            DraftRequest(j.slot.seq_id, list(j.slot.tokens), 0, len(j.prompt))
+            for j in self._active
+            if catch_up and j.uses_draft_model and j.prefilling and j.slot.tokens
+        ]
+        if wanted or behind:
+            proposed = self.draft.propose([r for _, r in wanted] + behind)
+            for (i, _), drafts in zip(wanted, proposed, strict=False):
+                out[i] = drafts
+        return out
 
     def _verify(self, job: Job, tokens: list[int]) -> None:
         """Sample each decoded position of a generating slot; keep drafts while they match.
