@@ -179,6 +179,7 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         setting_option(EngineSettings, "checkpoints"),
         setting_option(EngineSettings, "checkpoint_every"),
         setting_option(EngineSettings, "speculative"),
+        setting_option(EngineSettings, "draft_model", metavar="NAME|PATH"),
         setting_option(EngineSettings, "draft_max"),
     ]
     for option in reversed(options):
@@ -234,6 +235,8 @@ def plan_for(
     if workers:
         machine = dataclasses.replace(machine, workers=tuple(GpuMemory(w.total, w.free) for w in workers))
     shape = ModelShape.from_gguf(model_path)
+    speculation = speculation_policy(settings)
+    draft = ModelShape.from_gguf(speculation.draft_model) if speculation.uses_draft_model else None
     chosen = plan(
         shape,
         machine,
@@ -244,7 +247,8 @@ def plan_for(
         flash_attn=settings.flash_attn != "off",
         n_ubatch=settings.n_ubatch,
         checkpoints=settings.checkpoints,
-        draft_max=settings.draft_max if speculation_policy(settings).enabled else 0,
+        draft_max=settings.draft_max if speculation.enabled else 0,
+        draft=draft,
         # A missing projector file is the engine's error to report, with its own message.
         projector_bytes=Path(mmproj_path).stat().st_size if mmproj_path and Path(mmproj_path).is_file() else 0,
     )
@@ -391,10 +395,34 @@ def _local_tensor_split(settings: EngineSettings) -> tuple[float, ...]:
 
 
 def speculation_policy(settings: EngineSettings):
-    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings."""
+    """The engine's :class:`~gemma_local.engine.SpeculationPolicy` for these settings, with the
+    draft model resolved to its file (a name in the store, or a path) where one is used.
+
+    Raises:
+        DraftModelError: ``--speculative draft`` without ``--draft-model``.
+        ModelNotFoundError: the draft model is not in the store, or no file is at its path.
+    """
     from gemma_local.engine import SpeculationPolicy
 
-    return SpeculationPolicy(mode=settings.speculative, draft_max=settings.draft_max)
+    draft = None
+    if settings.draft_model and settings.speculative in ("draft", "auto"):
+        draft = str(draft_model_path(settings.draft_model))
+    return SpeculationPolicy(mode=settings.speculative, draft_max=settings.draft_max, draft_model=draft)
+
+
+def draft_model_path(name: str) -> Path:
+    """The GGUF of ``--draft-model`` NAME|PATH, found as ``--model`` is.
+
+    Raises:
+        ModelNotFoundError: nothing local answers to ``name`` (the message says it is the draft model).
+    """
+    from gemma_local.errors import ModelNotFoundError
+    from gemma_local.hub.resolve import resolve_model
+
+    try:
+        return Path(resolve_model(name).path)
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"Draft model (--draft-model): {e.message}") from e
 
 
 def echo_base_model_notice(model: ResolvedModel | str | None) -> None:

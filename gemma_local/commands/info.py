@@ -69,6 +69,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     shape = ModelShape.from_gguf(resolved.path)
     workers = rpc_workers(settings)
     machine = MachineMemory.detect()
+    spec = speculation_policy(settings)
     chosen = plan_for(
         settings, resolved.path, mmproj_path=settings.mmproj or resolved.mmproj, machine=machine, workers=workers
     )
@@ -107,7 +108,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             "vocab": shape.n_vocab,
         },
         "plan": chosen.as_dict(),
-        "speculative": {"setting": settings.speculative, **vars(speculation_policy(settings))},
+        "speculative": {"setting": settings.speculative, **vars(spec)},
         "kv_cost": _cost_table(shape, ctxs),
         "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
     }
@@ -147,6 +148,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         f"+ compute {_gib(e.compute)} + output {_gib(e.output)}"
         + (f" + vision projector {_gib(e.projector)}" if e.projector else "")
         + (f" + checkpoints {_gib(e.checkpoints_total)}" if e.checkpoints_total else "")
+        + (f" + draft model {_gib(e.draft)}" if e.draft else "")
     )
     click.echo(
         f"  checkpoints      {e.checkpoints} per slot, every {settings.checkpoint_every} prompt tokens, "
@@ -154,14 +156,21 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         if e.checkpoint_bytes
         else "  checkpoints      none (no sliding-window layers, or a full-size cache)"
     )
-    spec = speculation_policy(settings)
+    drafter = f"draft model {spec.draft_model}" if spec.uses_draft_model else "n-gram drafts (prompt lookup"
     click.echo(
-        f"  speculative      {settings.speculative}: n-gram drafts (prompt lookup"
+        f"  speculative      {settings.speculative}: {drafter}"
         + (", greedy requests only" if spec.mode == "auto" else "")
-        + f"), up to {spec.draft_max} tokens a step, while at most {spec.max_busy} slots generate"
+        + ("" if spec.uses_draft_model else ")")
+        + f", up to {spec.draft_max} tokens a step, while at most {spec.max_busy} slots generate"
         if spec.enabled
         else "  speculative      off (one token per step)"
     )
+    if e.draft:
+        click.echo(
+            f"  draft model      {_gib(e.draft)} = weights {_gib(e.draft_weights)} + KV {_gib(e.draft_kv)} "
+            f"({chosen.parallel} sequences) + compute {_gib(e.draft_compute)}"
+            + (f", {e.draft_checkpoint_bytes / 2**20:.1f} MiB per checkpoint" if e.draft_checkpoint_bytes else "")
+        )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")
     if chosen.split is not None:

@@ -14,6 +14,10 @@ following how llama.cpp allocates:
 - output buffer: one row of logits per slot, or ``1 + draft_max`` with speculative decoding
   (a slot verifying drafts needs logits at each draft position; llama.cpp grows the buffer to
   that the first time a step asks for them);
+- a draft model (draft-model speculative decoding, :mod:`gemma_local.engine.draft_model`): its
+  weights, and its own KV (one sequence per slot), compute and output buffers, estimated as a
+  model of its own with the same slots, KV type and context (capped at its trained context),
+  and its checkpoints beside each slot's;
 - sliding-window checkpoints (host memory, :mod:`gemma_local.engine.kv_slots`): per checkpoint,
   the window's ``n_swa`` cells on every sliding-window layer (llama.cpp saves only the cells
   still inside the window); ``checkpoints`` per slot, chosen to fit when the user sets none.
@@ -137,6 +141,12 @@ class MemoryEstimate:
     projector: int = 0
     checkpoints: int = 0  # per slot
     checkpoint_bytes: int = 0  # one checkpoint
+    #: A draft model (speculative decoding): its weights, KV for every slot, compute and output
+    #: buffers, and one of its checkpoints (a draft sequence keeps as many as a slot).
+    draft_weights: int = 0
+    draft_kv: int = 0
+    draft_compute: int = 0
+    draft_checkpoint_bytes: int = 0
 
     @property
     def kv(self) -> int:
@@ -144,11 +154,18 @@ class MemoryEstimate:
 
     @property
     def checkpoints_total(self) -> int:
-        return self.checkpoints * self.checkpoint_bytes * self.parallel
+        return self.checkpoints * (self.checkpoint_bytes + self.draft_checkpoint_bytes) * self.parallel
+
+    @property
+    def draft(self) -> int:
+        """The draft model's memory, its checkpoints aside (they are in ``checkpoints_total``)."""
+        return self.draft_weights + self.draft_kv + self.draft_compute
 
     @property
     def total(self) -> int:
-        return self.weights + self.projector + self.kv + self.compute + self.output + self.checkpoints_total
+        return (
+            self.weights + self.projector + self.kv + self.compute + self.output + self.checkpoints_total + self.draft
+        )
 
 
 def estimate(
@@ -163,9 +180,11 @@ def estimate(
     projector_bytes: int = 0,
     checkpoints: int = 0,
     draft_max: int = 0,
+    draft: ModelShape | None = None,
 ) -> MemoryEstimate:
-    """Memory for ``parallel`` slots of ``ctx`` tokens each (plus a vision projector's weights and
-    ``checkpoints`` sliding-window checkpoints per slot)."""
+    """Memory for ``parallel`` slots of ``ctx`` tokens each (plus a vision projector's weights,
+    ``checkpoints`` sliding-window checkpoints per slot, and a ``draft`` model loaded beside it
+    with a sequence per slot of the same context, capped at what it was trained for)."""
     n_ctx = pad256(ctx)
     per_cell_layer = shape.n_head_kv * (shape.head_dim_k + shape.head_dim_v) * KV_TYPE_BYTES[kv_type]
     swa_cells = pad256(min(n_ctx, shape.n_swa + n_ubatch))
@@ -185,6 +204,17 @@ def estimate(
     scores = 0 if flash_attn else n_ubatch * n_ctx * shape.n_head * 4
     output = shape.n_vocab * 4 * parallel * (1 + draft_max)
     checkpoint_bytes = 0 if swa_full else int(per_cell_layer * min(shape.n_swa, n_ctx) * shape.n_swa_layers)
+    side = None
+    if draft is not None:
+        side = estimate(
+            draft,
+            ctx=min(ctx, draft.n_ctx_train),
+            parallel=parallel,
+            kv_type=kv_type,
+            swa_full=swa_full,
+            flash_attn=flash_attn,
+            n_ubatch=n_ubatch,
+        )
     return MemoryEstimate(
         ctx=ctx,
         parallel=parallel,
@@ -200,6 +230,10 @@ def estimate(
         projector=projector_bytes,
         checkpoints=checkpoints if checkpoint_bytes else 0,
         checkpoint_bytes=checkpoint_bytes,
+        draft_weights=side.weights if side else 0,
+        draft_kv=side.kv if side else 0,
+        draft_compute=side.compute + side.output if side else 0,
+        draft_checkpoint_bytes=side.checkpoint_bytes if side and checkpoint_bytes else 0,
     )
 
 
@@ -225,6 +259,7 @@ class Plan:
         d["estimate"]["total"] = self.estimate.total
         d["estimate"]["kv"] = self.estimate.kv
         d["estimate"]["checkpoints_total"] = self.estimate.checkpoints_total
+        d["estimate"]["draft"] = self.estimate.draft
         return d
 
 
@@ -241,6 +276,7 @@ def plan(
     projector_bytes: int = 0,
     checkpoints: int | None = None,
     draft_max: int = 0,
+    draft: ModelShape | None = None,
 ) -> Plan:
     """Choose context, slots, KV type and GPU layers that fit, keeping anything the user fixed.
 
@@ -251,6 +287,7 @@ def plan(
         swa_full, flash_attn, n_ubatch: how the context will be created.
         projector_bytes: the vision projector loaded beside the model (0 without).
         draft_max: draft tokens a slot may verify per step (speculative decoding; 0: off).
+        draft: the draft model loaded beside it (draft-model speculation; None without).
         checkpoints: sliding-window checkpoints per slot (``None``: up to
             :data:`DEFAULT_CHECKPOINTS`, as many as fit beside the chosen configuration).
 
@@ -278,6 +315,7 @@ def plan(
             projector_bytes=projector_bytes,
             checkpoints=checkpoints or 0,
             draft_max=draft_max,
+            draft=draft,
         )
 
     def fits(e: MemoryEstimate) -> bool:
@@ -305,13 +343,21 @@ def plan(
             reasons.append(f"Context reduced from {target} to {chosen.ctx} tokens to fit.")
         if not kv_type and chosen.kv_type != "f16":
             reasons.append("KV cache quantized to q8_0 to fit.")
+        if chosen.draft:
+            reasons.append(
+                f"Draft model {draft.name or 'for speculative decoding'}: {chosen.draft / GIB:.2f} GiB (weights "
+                f"{chosen.draft_weights / GIB:.2f}, KV {chosen.draft_kv / GIB:.2f} for {chosen.parallel} slot(s), "
+                f"compute {chosen.draft_compute / GIB:.2f})."
+            )
         if checkpoints is None and chosen.checkpoint_bytes:
-            room = max(0, budget - chosen.total) // (chosen.checkpoint_bytes * chosen.parallel)
+            each = chosen.checkpoint_bytes + chosen.draft_checkpoint_bytes
+            room = max(0, budget - chosen.total) // (each * chosen.parallel)
             chosen = replace(chosen, checkpoints=int(min(DEFAULT_CHECKPOINTS, room)))
         if chosen.checkpoints_total:
             reasons.append(
                 f"{chosen.checkpoints} sliding-window checkpoints per slot "
-                f"({chosen.checkpoint_bytes / 2**20:.0f} MiB each, {chosen.checkpoints_total / GIB:.2f} GiB in all) "
+                f"({(chosen.checkpoint_bytes + chosen.draft_checkpoint_bytes) / 2**20:.0f} MiB each, "
+                f"{chosen.checkpoints_total / GIB:.2f} GiB in all) "
                 "let prompts edited far back reuse the cache."
             )
     gpu_layers = 0
@@ -321,7 +367,7 @@ def plan(
             # everything, as llama.cpp itself would.
             gpu_layers = shape.n_layer + 1
         else:
-            usable = vram - chosen.kv - chosen.compute - chosen.projector
+            usable = vram - chosen.kv - chosen.compute - chosen.projector - chosen.draft
             per_layer = shape.weights_bytes / (shape.n_layer + 1)
             gpu_layers = max(0, min(shape.n_layer + 1, int(usable // per_layer)))
             reasons.append(
