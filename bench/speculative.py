@@ -1,11 +1,14 @@
-"""Decode speed with n-gram speculative decoding vs without, same model, one process.
+"""Decode speed with speculative decoding vs without, same model, one process.
 
-Two engines resident (speculation off / ngram), rounds interleaved, tokens counted from each
-generation's usage. Workloads: (a) copy-heavy code edit, (b) grounded answer quoting passages
+Three engines resident (speculation off / ngram / draft: the 270M drafting for itself), rounds
+interleaved, tokens counted from each generation's usage. The draft column measures
+correctness and acceptance on a CPU, not a speed-up: a model drafting for itself costs as much
+per draft token as the target, so only a small model drafting for a large one (27B + 270M,
+on a GPU) can gain. Workloads: (a) copy-heavy code edit, (b) grounded answer quoting passages
 (the passages in the prompt, as the search hook puts them), (c) free prose; greedy and
 temperature 0.7; one stream and four at once.
 
-    .venv/bin/python bench/speculative.py [--tokens 128] [--rounds 2]
+    .venv/bin/python bench/speculative.py [--tokens 128] [--rounds 2] [--draft-model PATH]
 
 llama-server's rows (plain and each ``--spec-type``) are not measured here: see bench/README.md.
 """
@@ -70,25 +73,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--draft-model", help="GGUF of the draft model (default: the model itself)")
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=2048, n_seq=4, n_threads=THREADS)
+    draft_model = args.draft_model or str(model_path())
     engines = {
         "off": Engine(model_path(), params),
         "ngram": Engine(model_path(), params, speculation=SpeculationPolicy(mode="ngram", draft_max=8)),
+        "draft": Engine(
+            model_path(), params, speculation=SpeculationPolicy(mode="draft", draft_max=8, draft_model=draft_model)
+        ),
     }
     rows = []
     for workload, prompt in WORKLOADS.items():
         for temperature in (0.0, 0.7):
             for streams in (1, 4):
                 speeds: dict[str, list[float]] = {name: [] for name in engines}
-                drafted = accepted = 0
+                drafted = dict.fromkeys(engines, 0)
+                accepted = dict.fromkeys(engines, 0)
                 for r in range(args.rounds):
                     for name, engine in engines.items():
                         speed, d, a = run(engine, request(prompt, temperature, args.tokens, seed=r), streams)
                         speeds[name].append(speed)
-                        if name == "ngram":
-                            drafted, accepted = drafted + d, accepted + a
-                off, ngram = median(speeds["off"]), median(speeds["ngram"])
+                        drafted[name] += d
+                        accepted[name] += a
+                off, ngram, draft = (median(speeds[name]) for name in ("off", "ngram", "draft"))
                 rows.append(
                     {
                         "workload": workload,
@@ -97,14 +106,23 @@ def main() -> None:
                         "off_tok_s": round(off, 2),
                         "ngram_tok_s": round(ngram, 2),
                         "ngram_over_off": round(ngram / off, 3),
-                        "acceptance": round(accepted / drafted, 3) if drafted else None,
-                        "drafted": drafted,
+                        "acceptance": round(accepted["ngram"] / drafted["ngram"], 3) if drafted["ngram"] else None,
+                        "drafted": drafted["ngram"],
+                        "draft_tok_s": round(draft, 2),
+                        "draft_over_off": round(draft / off, 3),
+                        "draft_acceptance": (
+                            round(accepted["draft"] / drafted["draft"], 3) if drafted["draft"] else None
+                        ),
+                        "draft_drafted": drafted["draft"],
                     }
                 )
                 print(rows[-1], flush=True)
     for engine in engines.values():
         engine.close()
-    write_result("speculative", {"bench": "speculative", "machine": machine(), "tokens": args.tokens, "rows": rows})
+    write_result(
+        "speculative",
+        {"bench": "speculative", "machine": machine(), "tokens": args.tokens, "draft_model": draft_model, "rows": rows},
+    )
 
 
 if __name__ == "__main__":
