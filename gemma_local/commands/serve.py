@@ -23,6 +23,7 @@ from gemma_local.cli_support import (
     friendly_errors,
     setting_option,
     settings_from_flags,
+    speculation_policy,
 )
 from gemma_local.commands.search_options import search_options, search_settings
 from gemma_local.errors import WorkerLostError
@@ -125,6 +126,7 @@ def _run(settings: ServerSettings, eng_settings: EngineSettings, search: SearchS
 
     search_chain = default_chain(search)
     _check_workers(eng_settings)
+    speculation_policy(eng_settings)  # a draft model missing or not found fails now, not in the background
     if eng_settings.model is None:
         if eng_settings.rpc:
             raise CliError("serve --rpc splits one model over the workers: name it with --model.")
