@@ -22,6 +22,7 @@ from test_speculative import REWRITE, assert_same_distribution, rewrite
 
 from gemma_local.engine import (
     ChatMessage,
+    CheckpointPolicy,
     ContextParams,
     Engine,
     GenerationRequest,
@@ -39,7 +40,15 @@ PARAMS = ContextParams(n_ctx_per_seq=2048, n_seq=2, n_threads=TEST_THREADS)
 @pytest.fixture(scope="module")
 def draft_engine(model_path: Path):
     policy = SpeculationPolicy(mode="draft", draft_max=8, draft_model=str(model_path))
-    eng = Engine(model_path, PARAMS, max_queue=8, model_id="gemma-3-270m-embedded", speculation=policy)
+    # Checkpoints every 260 tokens: the first one past the 512-token window is at 520.
+    eng = Engine(
+        model_path,
+        PARAMS,
+        max_queue=8,
+        model_id="gemma-3-270m-embedded",
+        speculation=policy,
+        checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=260),
+    )
     yield eng
     eng.close()
 
@@ -85,11 +94,38 @@ def test_prefix_reuse_then_a_diverging_prompt_keeps_the_draft_in_step(draft_engi
     assert warm.usage.accepted_tokens > 0.8 * warm.usage.draft_tokens > 0
 
 
+def test_an_edit_before_the_window_restores_the_drafts_checkpoint(draft_engine) -> None:
+    """A long prompt edited ~530 tokens before its end (beyond the 512-token sliding window, after
+    the checkpoint at 520):
+    the draft sequence, like the slot, is restored from a checkpoint and recomputes the rest."""
+    wait_engine_idle(draft_engine)
+
+    def ask(handlers: list[str]) -> GenerationRequest:
+        code = "\n".join(handlers)
+        return GenerationRequest(
+            messages=(ChatMessage.text("user", f"Repeat this code exactly, then stop.\n\n{code}"),),
+            sampling=SamplingParams(temperature=0.0),
+            max_tokens=16,
+            logprobs=0,
+        )
+
+    handlers = [f"def handler_{i}(request):\n    return request.get('field_{i}') * {i}\n" for i in range(46)]
+    first = draft_engine.generate(ask(handlers))
+    assert first.usage.prompt_tokens > 1100
+    handlers[23] = handlers[23].replace("* 23", "* 230")
+    restored = draft_engine.draft.cache.checkpoints_restored
+    warm = draft_engine.generate(ask(handlers))
+    assert draft_engine.draft.cache.checkpoints_restored > restored
+    assert 0 < warm.usage.cached_tokens < warm.usage.prompt_tokens - 512
+    # (Output against a cold prompt after a restore: tests/test_prefix_checkpoints.py, for the slot.)
+    assert warm.usage.accepted_tokens > 0.8 * warm.usage.draft_tokens > 0
+
+
 def test_sampled_drafting_keeps_the_models_distribution(draft_engine, plain) -> None:
     """Seeded draws at temperature 1 (``--speculative draft`` drafts for them too): per-position
     token frequencies agree with plain decoding's (chi-square)."""
     wait_engine_idle(draft_engine)
-    draws, positions = 40, 5
+    draws, positions = 30, 4
 
     def histogram(eng: Engine) -> tuple[list[collections.Counter], int]:
         counts = [collections.Counter() for _ in range(positions)]

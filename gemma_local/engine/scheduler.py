@@ -10,6 +10,11 @@ slot a request gets, what it reuses there, and the sliding-window checkpoints th
 edited far back reuse everything up to the edit are :mod:`gemma_local.engine.kv_slots`'s job;
 prompt chunks end where a checkpoint is due.
 
+Speculative decoding rides in the same call: a generating slot may add draft tokens after its
+next token (prompt lookup, :mod:`gemma_local.engine.drafting`, or a draft model in a context of
+its own, :mod:`gemma_local.engine.draft_model`), each position is sampled with the request's
+sampler and the drafts are kept while they match (the docstrings there say why that is exact).
+
 A step is at most one micro-batch (``n_ubatch`` tokens), the most llama.cpp computes in one
 pass anyway: a long prompt is decoded over many steps, and between any two the scheduler
 admits new requests, reaps cancelled ones and notices :meth:`Scheduler.close`. So closing
@@ -416,7 +421,7 @@ class Scheduler:
         limit = min(room, self.model.n_ctx_per_seq - job.n_past - 1)
         if job.request.max_tokens is not None:
             limit = min(limit, job.request.max_tokens - job.n_generated - 1)
-        return min(limit, job.pacer.budget()) if limit > 0 else 0
+        return max(0, min(limit, job.pacer.budget()))
 
     def _drafts(self, budgets: list[tuple[Job, int]], *, catch_up: bool) -> list[list[int]]:
         """Each generating job's draft tokens this step, for its budget (prompt lookup, or the
@@ -438,10 +443,18 @@ class Scheduler:
             for j in self._active
             if catch_up and j.uses_draft_model and j.prefilling and j.slot.tokens
         ]
-        if wanted or behind:
+        if not (wanted or behind):
+            return out
+        try:
             proposed = self.draft.propose([r for _, r in wanted] + behind)
-            for (i, _), drafts in zip(wanted, proposed, strict=False):
-                out[i] = drafts
+        except Exception:
+            # Drafts are optional: a failing draft model costs this step's drafts (and its KV,
+            # which may no longer match its record), never the requests.
+            logger.exception("the draft model failed; no drafts this step")
+            self.draft.clear_all()
+            return out
+        for (i, _), drafts in zip(wanted, proposed, strict=False):
+            out[i] = drafts
         return out
 
     def _verify(self, job: Job, tokens: list[int]) -> None:
