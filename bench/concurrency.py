@@ -248,15 +248,22 @@ def main() -> None:
     )
 
 
-def llama_server_process(path: str, threads: str, port: int, ctx: int) -> Server:
-    """llama.cpp's own server, built from the llama.cpp that llama-cpp-python vendors."""
+def llama_server_process(
+    path: str, threads: str, port: int, ctx: int, *options: str, name: str = "llama_server"
+) -> Server:
+    """llama.cpp's own server, built from the llama.cpp that llama-cpp-python vendors.
+
+    Its chat requests get the same Gemma prompt as ours: Jinja off and the built-in ``gemma``
+    template (with Jinja on, a bare ``--chat-template gemma`` is read as a literal template).
+    """
     binary = (
         subprocess.run([str(HERE / "build_llama_server.sh")], capture_output=True, text=True, check=True)
         .stdout.strip()
         .splitlines()[-1]
     )
     command = [binary, "-m", path, "--port", str(port), "--host", "127.0.0.1", "--parallel", "4", "-c", str(4 * ctx)]
-    return Server("llama_server", [*command, "-t", threads, "-tb", threads, "-fa", "on"], port)
+    command += ["--no-jinja", "--chat-template", "gemma", "-t", threads, "-tb", threads, "-fa", "on", *options]
+    return Server(name, command, port)
 
 
 if __name__ == "__main__":
