@@ -5,16 +5,23 @@ tokens before its end; two conversations sharing a ~N/2-token system prompt. For
 tokens vs the common prefix, and time to first token vs the same prompt computed cold. Then
 decode speed with checkpoints on vs off (two engines resident, rounds interleaved).
 
-    .venv/bin/python bench/prefix_edits.py [--tokens 8192] [--rounds 2]
+    .venv/bin/python bench/prefix_edits.py [--tokens 8192] [--rounds 2] [--skip-llama-server]
 
-llama-server is not run side by side here: see bench/README.md for why.
+llama.cpp's own llama-server (bench/build_llama_server.sh: the same llama.cpp version, its
+defaults otherwise: context checkpoints, slot choice by prompt similarity) gets the very same
+requests in the same order, side by side: the prompt token ids our engine renders, sent to its
+``/completion`` (so both sides see identical prompts), with ``--parallel 4`` and the same
+context per slot. Its cached tokens and prompt time come from its ``timings``; cold is the same
+request after its slots were erased.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
+import httpx
 from common import THREADS, machine, median, model_path, write_result
 
 from gemma_local.engine import (
@@ -72,6 +79,35 @@ def ttft(engine: Engine, request: GenerationRequest) -> tuple[float, int, int]:
     return result.timings.time_to_first_token_s, result.usage.cached_tokens, result.usage.prompt_tokens
 
 
+class LlamaServer:
+    """llama-server answering the same prompts (as token ids), resident for the whole run."""
+
+    SLOTS = 4
+
+    def __init__(self, n_ctx_per_seq: int) -> None:
+        from concurrency import free_port, llama_server_process
+
+        self.server = llama_server_process(
+            str(model_path()), str(THREADS), free_port(), n_ctx_per_seq, name="llama_server"
+        )
+        self.server.start()
+
+    def send(self, tokens: list[int]) -> tuple[float, int, int]:
+        """(prompt time s, cached tokens, prompt tokens) for one greedy one-token answer."""
+        body = {"prompt": tokens, "n_predict": 1, "temperature": 0, "cache_prompt": True}
+        r = httpx.post(f"{self.server.base}/completion", json=body, timeout=3600)
+        r.raise_for_status()
+        timings = r.json()["timings"]
+        return timings["prompt_ms"] / 1000, timings["cache_n"], timings["cache_n"] + timings["prompt_n"]
+
+    def clear(self) -> None:
+        for slot in range(self.SLOTS):
+            httpx.post(f"{self.server.base}/slots/{slot}", params={"action": "erase"}, timeout=60).raise_for_status()
+
+    def close(self) -> None:
+        self.server.stop()
+
+
 def decode_speed(engines: dict[str, Engine], rounds: int) -> dict[str, float]:
     request = GenerationRequest(
         messages=(ChatMessage.text("user", "Write a long story about a lighthouse keeper."),),
@@ -110,6 +146,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=8192, help="length of the cached conversation")
     parser.add_argument("--rounds", type=int, default=2, help="decode-speed rounds")
     parser.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
+    parser.add_argument("--skip-llama-server", action="store_true", help="no llama-server side by side")
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
     engine = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024))
@@ -122,7 +159,19 @@ def main() -> None:
     if args.decode_only:
         decode_only(engine, params, base, args.rounds)
         return
+    llama = None if args.skip_llama_server else LlamaServer(params.n_ctx_per_seq)
+
+    def on_llama(row: dict, *requests: GenerationRequest) -> None:
+        """Send llama-server the same requests; the last one's figures go in the row."""
+        if llama is None:
+            return
+        for request in requests:
+            warm_s, cached, prompt = llama.send(engine.prompt_tokens(request))
+        row |= {"llama_server_cached": cached, "llama_server_warm_s": warm_s, "llama_server_prompt": prompt}
+
     engine.generate(base)  # the cached conversation
+    base_row: dict = {}
+    on_llama(base_row, base)
     for before_end in (600, 2000, 6000):
         if before_end >= n_base:
             continue
@@ -138,10 +187,13 @@ def main() -> None:
                 "request": request,
             }
         )
+        on_llama(rows[-1], request)
     half = notes[: len(notes) // 2]
     shared_a, shared_b = conversation(half, "Which shipment left port 3 first?"), conversation(half, "List port 5.")
     engine.generate(shared_a)
     warm_s, cached, prompt = ttft(engine, shared_b)
+    shared_row: dict = {}
+    on_llama(shared_row, shared_a, shared_b)
     common = common_prefix_len(engine.prompt_tokens(shared_a), engine.prompt_tokens(shared_b))
     rows.append(
         {
@@ -152,15 +204,26 @@ def main() -> None:
             "warm_ttft_s": warm_s,
             "request": shared_b,
         }
+        | shared_row
     )
     for row in rows:
         engine.clear_prefix_cache()
-        row["cold_ttft_s"], _, _ = ttft(engine, row.pop("request"))
+        request = row.pop("request")
+        row["cold_ttft_s"], _, _ = ttft(engine, request)
+        if llama is not None:
+            llama.clear()
+            cold_s, _, _ = llama.send(engine.prompt_tokens(request))
+            row["llama_server_cached_of_common"] = round(row["llama_server_cached"] / row["common"], 3)
+            row["llama_server_warm_over_cold"] = round(row.pop("llama_server_warm_s") / cold_s, 3)
+            if row.pop("llama_server_prompt") != row["prompt"]:
+                print(f"warning: llama-server counted other prompt tokens in {row['case']}", file=sys.stderr)
         row["cached_of_common"] = round(row["cached"] / row["common"], 3)
         row["warm_over_cold"] = round(row["warm_ttft_s"] / row["cold_ttft_s"], 3)
         row["warm_ttft_s"] = round(row["warm_ttft_s"], 3)
         row["cold_ttft_s"] = round(row["cold_ttft_s"], 3)
     bench_s = time.perf_counter() - started
+    if llama is not None:
+        llama.close()
 
     plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
     # The same cache state on both: an idle slot holding a long prompt widens every slot's
