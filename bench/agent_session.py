@@ -186,7 +186,8 @@ def codex_first(scale: float) -> dict:
 
 
 def codex_next(body: dict, output: list[dict], turn: int) -> dict:
-    items = [i for i in output if i["type"] in ("message", "function_call")]
+    # A call cut at the output cap is not sent back (Codex ends such a turn); a new question follows.
+    items = [i for i in output if i["type"] in ("message", "function_call") and i.get("status") != "incomplete"]
     tail: list[dict] = []
     for item in items:
         if item["type"] == "function_call":
@@ -200,7 +201,8 @@ def codex_next(body: dict, output: list[dict], turn: int) -> dict:
 
 def codex_stream(client: httpx.Client, body: dict) -> list[dict]:
     with client.stream("POST", "/v1/responses", json=body) as r:
-        r.raise_for_status()
+        if r.status_code != 200:
+            raise RuntimeError(f"{r.status_code}: {r.read().decode()[:2000]}")
         for line in r.iter_lines():
             if line.startswith("data: "):
                 event = json.loads(line[6:])
