@@ -119,7 +119,9 @@ class SlotCache:
         if not self._windowed:
             return True
         pos_min = llama_cpp.llama_memory_seq_pos_min(self.model.memory, slot.seq_id)
-        return 0 <= pos_min <= max(0, n - self.model.n_swa)
+        # The token decoded next, at position n, sees positions n - n_swa + 1 on (llama.cpp
+        # masks p0 when n - p0 >= n_swa): a state restored whole holds exactly those.
+        return 0 <= pos_min <= max(0, n - self.model.n_swa + 1)
 
     def reusable(self, slot: Slot, n: int) -> int:
         """The most of the slot's first ``n`` tokens a cut keeps (the window, or a checkpoint)."""
@@ -152,19 +154,33 @@ class SlotCache:
             The slot and how many of the prompt's tokens it already holds.
         """
         reuse = {id(s): self.reusable(s, cut(common_prefix_len(s.tokens, prompt))) for s in self.slots}
-
-        def lost(s: Slot) -> int:
-            left = len(s.tokens) - common_prefix_len(s.tokens, prompt)
-            return 0 if left < MIN_PREFIX_COPY else left
-
-        free = [s for s in self.slots if s.job is None]
-        target = min(free, key=lambda s: (lost(s), -reuse[id(s)], s.last_used))
+        target = self.target(prompt, reuse)
         donor = max(self.slots, key=lambda s: reuse[id(s)])
         if donor is not target and reuse[id(donor)] >= reuse[id(target)] + MIN_PREFIX_COPY:
             n = self.copy(donor, target, reuse[id(donor)])
             if n:
                 return target, n
         return target, self.truncate(target, reuse[id(target)])
+
+    def best_reuse(self, prompt: list[int], cut: Callable[[int], int]) -> int:
+        """The most of ``prompt`` any slot (free or busy) could give, the way :meth:`place` counts."""
+        return max(self.reusable(s, cut(common_prefix_len(s.tokens, prompt))) for s in self.slots)
+
+    def target(self, prompt: list[int], reuse: dict[int, int] | None = None) -> Slot:
+        """The free slot ``prompt`` costs the least content (see :meth:`place`).
+
+        Args:
+            prompt: the prompt's tokens.
+            reuse: what each slot could give it, by ``id(slot)`` (default: nothing counted).
+        """
+        reuse = reuse or {}
+
+        def lost(s: Slot) -> int:
+            left = len(s.tokens) - common_prefix_len(s.tokens, prompt)
+            return 0 if left < MIN_PREFIX_COPY else left
+
+        free = [s for s in self.slots if s.job is None]
+        return min(free, key=lambda s: (lost(s), -reuse.get(id(s), 0), s.last_used))
 
     # --- changing --------------------------------------------------------------------------
 
@@ -222,6 +238,38 @@ class SlotCache:
         dst.tokens = list(src.tokens)
         dst.checkpoints = list(src.checkpoints)  # immutable snapshots: sharing them is safe
         return self.truncate(dst, n)
+
+    def snapshot(self, slot: Slot) -> ctypes.Array | None:
+        """A host copy of the slot's whole sequence state (every position of the global layers,
+        the window of the sliding-window ones), matching ``slot.tokens``; None if unreadable."""
+        if slot.copy_pending:
+            return None
+        ctx = self.model.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq_id)
+        if not size:
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, buf, size, slot.seq_id) != size:
+            return None
+        return buf
+
+    def load(self, slot: Slot, tokens: list[int], state: ctypes.Array, checkpoints: list[Checkpoint], n: int) -> int:
+        """Make ``slot`` hold the first ``n`` of ``tokens`` from a saved state and its checkpoints.
+
+        The inverse of :meth:`snapshot` (the state and checkpoints come from a file, see
+        :mod:`gemma_local.engine.prefix_disk`), then the usual cut back to ``n``.
+
+        Returns:
+            How many tokens the slot holds (0: llama.cpp refused the state; the slot is cleared).
+        """
+        self.clear(slot)
+        read = llama_cpp.llama_state_seq_set_data(self.model.ctx, state, len(state), slot.seq_id)
+        if read != len(state) or llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot.seq_id) != len(tokens) - 1:
+            self.clear(slot)
+            return 0
+        slot.tokens = list(tokens)
+        slot.checkpoints = [c for c in checkpoints if c.pos <= len(tokens)]
+        return self.truncate(slot, n)
 
     def decoded(self) -> None:
         """A ``llama_decode`` ran: llama.cpp has carried out every queued stream copy."""
