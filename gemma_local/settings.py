@@ -105,6 +105,23 @@ class EngineSettings(_Settings):
     checkpoint_every: int = Field(
         1024, ge=256, le=131072, description="Prompt tokens between two sliding-window checkpoints."
     )
+    prefix_disk: bool = Field(
+        True,
+        description="Save the KV of long prompts under GEMMA_LOCAL_HOME/prefix-cache and load it back, so a "
+        "restarted server or a new session does not compute a long shared prefix again.",
+    )
+    prefix_disk_max_gib: float = Field(
+        8.0,
+        gt=0,
+        le=1048576,
+        description="GiB the on-disk prefix cache may take (all models); the least recently used prompts go first.",
+    )
+    prefix_disk_min_tokens: int = Field(
+        2048,
+        ge=256,
+        le=1048576,
+        description="A prompt is saved to the disk prefix cache when it has at least this many tokens not saved yet.",
+    )
     speculative: Speculative = Field(
         "auto",
         description="Speculative decoding: ngram drafts tokens from the request's own prompt and output "

@@ -192,3 +192,27 @@ def test_a_file_of_another_identity_or_truncated_is_deleted(tmp_path: Path) -> N
     (entry,) = reread.entries()  # the header and tokens are intact...
     assert reread.read(entry) is None  # ...but the state is short: refused, deleted
     assert files(tmp_path) == []
+
+
+def test_info_shows_the_disk_cache(model_path: Path, isolated_home: Path, monkeypatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from gemma_local.cli import main
+
+    monkeypatch.setenv("GEMMA_LOCAL_PREFIX_DISK_MAX_GIB", "2.5")
+    shown = CliRunner().invoke(main, ["info", str(model_path), "--json"])
+    assert shown.exit_code == 0, shown.output
+    disk = json.loads(shown.output)["prefix_disk"]
+    assert disk == {
+        "enabled": True,
+        "path": str(isolated_home / "prefix-cache"),
+        "max_bytes": int(2.5 * 2**30),
+        "min_new_tokens": 2048,
+        "files": 0,
+        "used_bytes": 0,
+    }
+    off = CliRunner().invoke(main, ["info", str(model_path), "--no-prefix-disk"])
+    assert off.exit_code == 0, off.output
+    assert "prefix on disk   off" in off.output

@@ -13,6 +13,7 @@ from gemma_local.cli_support import (
     engine_settings,
     friendly_errors,
     plan_for,
+    prefix_disk_policy,
     rpc_workers,
     speculation_policy,
 )
@@ -22,6 +23,21 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def _prefix_disk(settings) -> dict[str, Any]:
+    policy = prefix_disk_policy(settings)
+    if policy is None:
+        return {"enabled": False}
+    sizes = [p.stat().st_size for p in policy.root.glob("*/*.gpc")] if policy.root.is_dir() else []
+    return {
+        "enabled": True,
+        "path": str(policy.root),
+        "max_bytes": policy.max_bytes,
+        "min_new_tokens": policy.min_tokens,
+        "files": len(sizes),
+        "used_bytes": sum(sizes),
+    }
 
 
 def _cost_table(shape, ctxs: list[int]) -> list[dict[str, Any]]:
@@ -108,6 +124,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         },
         "plan": chosen.as_dict(),
         "speculative": {"setting": settings.speculative, **vars(speculation_policy(settings))},
+        "prefix_disk": _prefix_disk(settings),
         "kv_cost": _cost_table(shape, ctxs),
         "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
     }
@@ -161,6 +178,13 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         + f"), up to {spec.draft_max} tokens a step, while at most {spec.max_busy} slots generate"
         if spec.enabled
         else "  speculative      off (one token per step)"
+    )
+    disk = result["prefix_disk"]
+    click.echo(
+        f"  prefix on disk   {disk['path']}, up to {_gib(disk['max_bytes'])} (now {_gib(disk['used_bytes'])} in "
+        f"{disk['files']} file(s)); prompts saved every {disk['min_new_tokens']} new tokens"
+        if disk["enabled"]
+        else "  prefix on disk   off (--prefix-disk turns it on)"
     )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")
