@@ -113,7 +113,7 @@ def decode_only(engine: Engine, params: ContextParams, cached: GenerationRequest
 
 
 def after_restart(
-    engine: Engine, params: ContextParams, notes: list[str], base: GenerationRequest
+    engine: Engine, params: ContextParams, checkpoints: CheckpointPolicy, notes: list[str], base: GenerationRequest
 ) -> list[dict[str, object]]:
     """Rows for requests that a new engine gets right after its start, with the disk cache on.
 
@@ -121,7 +121,6 @@ def after_restart(
     """
     root = Path(tempfile.mkdtemp(prefix="prefix-disk-"))
     policy = DiskCachePolicy(root=root)
-    checkpoints = CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024)
     try:
         first = Engine(model_path(), params, checkpoints=checkpoints, prefix_disk=policy)
         answer = first.generate(base)
@@ -171,9 +170,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="decode-speed rounds")
     parser.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
     parser.add_argument("--restart-only", action="store_true", help="only the after-a-restart rows (disk cache)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="checkpoint spacing (default: the engine's, the window)"
+    )
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
-    engine = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024))
+    checkpoints = CheckpointPolicy(max_checkpoints=8, checkpoint_every=args.checkpoint_every)
+    engine = Engine(model_path(), params, checkpoints=checkpoints)
+    every = engine._scheduler.cache.every
     notes = notes_for(engine, args.tokens)
     base = conversation(notes)
     n_base = len(engine.prompt_tokens(base))
@@ -184,7 +188,7 @@ def main() -> None:
         decode_only(engine, params, base, args.rounds)
         return
     if args.restart_only:
-        rows = after_restart(engine, params, notes, base)
+        rows = after_restart(engine, params, checkpoints, notes, base)
         engine.close()
         write_result(
             "prefix_edits_restart",
@@ -192,6 +196,7 @@ def main() -> None:
                 "bench": "prefix_edits --restart-only",
                 "machine": machine(),
                 "conversation_tokens": n_base,
+                "checkpoint_every": every,
                 "cases": rows,
             },
         )
@@ -234,7 +239,7 @@ def main() -> None:
         row["warm_over_cold"] = round(row["warm_ttft_s"] / row["cold_ttft_s"], 3)
         row["warm_ttft_s"] = round(row["warm_ttft_s"], 3)
         row["cold_ttft_s"] = round(row["cold_ttft_s"], 3)
-    rows += after_restart(engine, params, notes, base)
+    rows += after_restart(engine, params, checkpoints, notes, base)
     bench_s = time.perf_counter() - started
 
     plain = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=0))
@@ -248,6 +253,7 @@ def main() -> None:
         "bench": "prefix_edits",
         "machine": machine(),
         "conversation_tokens": n_base,
+        "checkpoint_every": every,
         "cases": rows,
         "decode_tok_s": speeds,
         "decode_on_over_off": round(speeds["checkpoints_on"] / speeds["checkpoints_off"], 3),

@@ -102,8 +102,12 @@ class EngineSettings(_Settings):
         description="Sliding-window checkpoints kept per slot, so a prompt edited far back reuses the cache "
         "up to the edit (default: up to 8, as many as memory allows; 0: none).",
     )
-    checkpoint_every: int = Field(
-        1024, ge=256, le=131072, description="Prompt tokens between two sliding-window checkpoints."
+    checkpoint_every: int | None = Field(
+        None,
+        ge=256,
+        le=131072,
+        description="Prompt tokens between two sliding-window checkpoints (default: the model's sliding "
+        "window, 512 tokens on Gemma 3 270M, 1024 on the larger ones).",
     )
     prefix_disk: bool = Field(
         True,

@@ -73,7 +73,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     """
     import psutil
 
-    from gemma_local.engine import rpc
+    from gemma_local.engine import CheckpointPolicy, rpc
     from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory, ModelShape
@@ -124,6 +124,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         },
         "plan": chosen.as_dict(),
         "speculative": {"setting": settings.speculative, **vars(speculation_policy(settings))},
+        "checkpoint_every": CheckpointPolicy(checkpoint_every=settings.checkpoint_every).every(shape.n_swa),
         "prefix_disk": _prefix_disk(settings),
         "kv_cost": _cost_table(shape, ctxs),
         "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
@@ -132,6 +133,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         click.echo(json.dumps(result, indent=2))
         return
     m, mo, e = result["machine"], result["model"], chosen.estimate
+    checkpoint_every = result["checkpoint_every"]
     click.echo("Machine")
     click.echo(f"  cores            {m['cores_physical']} physical, {m['cores_logical']} logical")
     click.echo(f"  RAM              {_gib(m['ram_available_bytes'])} free of {_gib(m['ram_total_bytes'])}")
@@ -166,7 +168,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         + (f" + checkpoints {_gib(e.checkpoints_total)}" if e.checkpoints_total else "")
     )
     click.echo(
-        f"  checkpoints      {e.checkpoints} per slot, every {settings.checkpoint_every} prompt tokens, "
+        f"  checkpoints      {e.checkpoints} per slot, every {checkpoint_every} prompt tokens, "
         f"{e.checkpoint_bytes / 2**20:.1f} MiB each"
         if e.checkpoint_bytes
         else "  checkpoints      none (no sliding-window layers, or a full-size cache)"

@@ -26,7 +26,8 @@ window's cells of the sliding-window layers, so this alone never reaches back) a
 donor's checkpoint is restored on top.
 
 Checkpoints are taken at every multiple of ``checkpoint_every`` in a prompt (the scheduler ends
-prompt chunks there) and at its end, at most
+prompt chunks there; by default the model's sliding window, so a cut loses at most about one
+window more than the window alone would) and at its end, at most
 ``max_checkpoints`` per slot: when one more is taken, the one whose removal leaves the smallest
 gap goes, so they stay spread over the whole prompt however long it is. Each costs the
 window's cells on the sliding-window layers (the planner counts them:
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 #: A slot's content is worth keeping (and copying from) only from this many tokens on: below it,
 #: recomputing is about as cheap as a copy of a whole sequence's state.
 MIN_PREFIX_COPY = 256
+#: The least spacing of checkpoints: closer, each prompt chunk would be cut short for one.
+MIN_CHECKPOINT_EVERY = 256
 #: Only the sliding-window part of a sequence's state (llama.cpp's ``..._PARTIAL_ONLY``).
 STATE_SWA_ONLY = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
@@ -90,10 +93,19 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    """When checkpoints are taken and how many a slot keeps (0: none, prefix reuse stays within the window)."""
+    """When checkpoints are taken and how many a slot keeps (0: none, prefix reuse stays within the window).
+
+    ``checkpoint_every`` None: the model's sliding window (512 tokens on Gemma 3 270M, 1024 on
+    the larger ones), at least :data:`MIN_CHECKPOINT_EVERY`. The spacing costs no memory (a
+    slot keeps ``max_checkpoints`` however many are taken), only a copy of the window per mark.
+    """
 
     max_checkpoints: int = 8
-    checkpoint_every: int = 1024
+    checkpoint_every: int | None = None
+
+    def every(self, n_swa: int) -> int:
+        """The spacing for a model whose sliding window is ``n_swa`` tokens (0: none)."""
+        return self.checkpoint_every or max(MIN_CHECKPOINT_EVERY, n_swa)
 
 
 class SlotCache:
@@ -102,7 +114,8 @@ class SlotCache:
     def __init__(self, model: LlamaModel, policy: CheckpointPolicy | None = None) -> None:
         self.model = model
         self.policy = policy or CheckpointPolicy()
-        if self.policy.checkpoint_every <= 0:
+        self.every = self.policy.every(model.n_swa)
+        if self.every <= 0:
             raise ValueError("checkpoint_every must be positive")
         self.slots = [Slot(seq_id=i) for i in range(model.params.n_seq)]
         # Without sliding-window layers (or with swa_full) every cut is exact: no checkpoints needed.
@@ -284,8 +297,7 @@ class SlotCache:
         """The next position after ``pos`` where a checkpoint is due; a prompt chunk ends there."""
         if not self._windowed or self.policy.max_checkpoints <= 0:
             return None
-        every = self.policy.checkpoint_every
-        return (pos // every + 1) * every
+        return (pos // self.every + 1) * self.every
 
     def maybe_checkpoint(self, slot: Slot, *, prompt_done: bool) -> None:
         """Take a checkpoint after a prompt chunk if one is due (at each mark, and at the prompt's end)."""
@@ -295,7 +307,7 @@ class SlotCache:
         if pos <= self.model.n_swa:
             return  # the window still reaches back to position 0: any cut here is exact already
         last = slot.checkpoints[-1].pos if slot.checkpoints else 0
-        if pos == last or not (prompt_done or pos % self.policy.checkpoint_every == 0):
+        if pos == last or not (prompt_done or pos % self.every == 0):
             return
         checkpoint = self._capture(slot, pos)
         if checkpoint is None:

@@ -233,8 +233,8 @@ class PrefixDiskCache:
 
     def save(self, tokens: list[int], state: ctypes.Array, checkpoints: Sequence[Checkpoint]) -> bool:
         """Queue a snapshot for the writer thread; False when one is already waiting (skipped)."""
-        if ctypes.sizeof(state) > self.policy.max_bytes:
-            return False
+        if ctypes.sizeof(state) + sum(c.nbytes for c in checkpoints) > self.policy.max_bytes:
+            return False  # it could only be written by evicting everything, itself included
         self._start_writer()
         try:
             self._queue.put_nowait(_Snapshot(list(tokens), state, tuple(checkpoints)))
