@@ -127,6 +127,26 @@ def test_another_context_size_does_not_reuse_a_file(model_path: Path, isolated_h
     assert files(root) == [path]  # another identity's file: not this engine's to delete
 
 
+def test_a_prompt_with_an_image_is_not_saved(model_path: Path, tiny_mmproj: Path, isolated_home: Path) -> None:
+    from test_prefix_checkpoints import picture
+
+    from gemma_local.engine import TextPart
+
+    root = isolated_home / "prefix-cache"
+    request = GenerationRequest(
+        messages=(ChatMessage("user", (picture(), TextPart(" ".join(NOTES[:30])))),), sampling=GREEDY, max_tokens=1
+    )
+    with Engine(
+        model_path,
+        ContextParams(n_ctx_per_seq=2048, n_seq=1, n_threads=TEST_THREADS),
+        mmproj_path=tiny_mmproj,
+        prefix_disk=DiskCachePolicy(root=root, min_tokens=256),
+    ) as engine:
+        assert len(engine.prompt_tokens(request)) > 256
+        engine.generate(request)
+    assert files(root) == []
+
+
 # --- the disk cache alone (no model: states are plain bytes here) ----------------------------
 
 

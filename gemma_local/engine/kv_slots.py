@@ -252,14 +252,15 @@ class SlotCache:
         dst.checkpoints = list(src.checkpoints)  # immutable snapshots: sharing them is safe
         return self.truncate(dst, n)
 
-    def snapshot(self, slot: Slot) -> ctypes.Array | None:
+    def snapshot(self, slot: Slot, limit: int | None = None) -> ctypes.Array | None:
         """A host copy of the slot's whole sequence state (every position of the global layers,
-        the window of the sliding-window ones), matching ``slot.tokens``; None if unreadable."""
+        the window of the sliding-window ones), matching ``slot.tokens``; None if unreadable or
+        larger than ``limit`` bytes."""
         if slot.copy_pending:
             return None
         ctx = self.model.ctx
         size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq_id)
-        if not size:
+        if not size or (limit is not None and size > limit):
             return None
         buf = (ctypes.c_uint8 * size)()
         if llama_cpp.llama_state_seq_get_data(ctx, buf, size, slot.seq_id) != size:

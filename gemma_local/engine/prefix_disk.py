@@ -32,8 +32,10 @@ What is written, and when:
   conversation is saved again every ``min_tokens`` new tokens, not each turn, and a second
   conversation sharing a saved system prompt writes nothing; a file whose tokens the new one
   extends is deleted once the new one is in place (it can serve everything the old one could);
-- at most one snapshot waits for the writer: when the disk is slower than prompts arrive, a
-  save is skipped rather than holding more copies of the state in memory.
+- one snapshot at a time: while one is being written, later prompts are not copied (the
+  copy is as large as the slot's KV: 2.6 GiB for 32K tokens on the 27B), and the scheduler
+  takes none when free memory is short (:meth:`Scheduler._save_prefix
+  <gemma_local.engine.scheduler.Scheduler._save_prefix>`).
 
 The total size of ``root`` (every identity) is kept under ``max_bytes`` by deleting the least
 recently used files; loading a file, or finding a prompt already saved, refreshes its time
@@ -222,7 +224,7 @@ class PrefixDiskCache:
 
     def wants(self, tokens: list[int]) -> bool:
         """Whether a prompt just processed should be saved (see the module docstring)."""
-        if len(tokens) < self.policy.min_tokens:
+        if len(tokens) < self.policy.min_tokens or self._queue.unfinished_tasks:
             return False
         entry, n = self.covered(tokens)
         if len(tokens) - n >= self.policy.min_tokens:
@@ -232,14 +234,13 @@ class PrefixDiskCache:
         return False
 
     def save(self, tokens: list[int], state: ctypes.Array, checkpoints: Sequence[Checkpoint]) -> bool:
-        """Queue a snapshot for the writer thread; False when one is already waiting (skipped)."""
+        """Hand a snapshot to the writer thread; False when it is still busy with one (skipped)."""
         if ctypes.sizeof(state) + sum(c.nbytes for c in checkpoints) > self.policy.max_bytes:
             return False  # it could only be written by evicting everything, itself included
         self._start_writer()
-        try:
-            self._queue.put_nowait(_Snapshot(list(tokens), state, tuple(checkpoints)))
-        except queue.Full:
+        if self._queue.unfinished_tasks:
             return False
+        self._queue.put_nowait(_Snapshot(list(tokens), state, tuple(checkpoints)))
         return True
 
     def read(self, entry: DiskEntry) -> LoadedEntry | None:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field, replace
 
 import llama_cpp
 import numpy as np
+import psutil
 
 from gemma_local.engine.drafting import DraftPacer, NgramDrafter, SpeculationPolicy
 from gemma_local.engine.kv_slots import MIN_PREFIX_COPY, CheckpointPolicy, Slot, SlotCache
@@ -351,7 +352,8 @@ class Scheduler:
         if disk is None or slot is None or job.prompt_info.images or not disk.wants(job.prompt):
             return
         try:
-            state = self.cache.snapshot(slot)
+            # The copy is the slot's whole KV: never at the cost of the machine's last free memory.
+            state = self.cache.snapshot(slot, limit=psutil.virtual_memory().available // 2)
             if state is not None and slot.tokens == job.prompt:
                 disk.save(job.prompt, state, slot.checkpoints)
         except Exception:
