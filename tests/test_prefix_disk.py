@@ -236,3 +236,15 @@ def test_info_shows_the_disk_cache(model_path: Path, isolated_home: Path, monkey
     off = CliRunner().invoke(main, ["info", str(model_path), "--no-prefix-disk"])
     assert off.exit_code == 0, off.output
     assert "prefix on disk   off" in off.output
+
+
+def test_what_a_file_gives_back_once_loaded() -> None:
+    from gemma_local.engine.prefix_disk import DiskEntry
+
+    entry = DiskEntry(Path("x.gpc"), list(range(2000)), (1024, 1536, 2000))
+    assert entry.reusable(2000, 512) == 2000  # the conversation's next turn
+    assert entry.reusable(1999, 512) == 1999  # the same prompt again (its last token is recomputed)
+    assert entry.reusable(1800, 512) == 1536  # further back than the saved window: a checkpoint
+    assert entry.reusable(1000, 512) == 0
+    assert entry.reusable(1000, 0) == 1000  # no sliding window: every cut is exact
+    assert DiskEntry(Path("y.gpc"), list(range(400)), ()).reusable(300, 512) == 300  # all inside the window

@@ -107,13 +107,14 @@ class DiskEntry:
         """How many of its first ``n`` tokens a slot loaded from it keeps.
 
         A saved state holds the last ``n_swa`` positions of the sliding-window layers, enough
-        for the whole prompt or all but its last token (a prompt sent again); further back,
-        the last checkpoint at or before ``n``. The cut after loading has the last word.
+        for the whole prompt or all but its last token (a prompt sent again), or for any cut
+        of a prompt no longer than the window; further back, the last checkpoint at or before
+        ``n``. The cut after loading has the last word.
         """
         n = min(n, len(self.tokens))
         if n <= 0:
             return 0
-        if not n_swa or n >= len(self.tokens) - 1:
+        if not n_swa or n >= len(self.tokens) - 1 or len(self.tokens) <= n_swa:
             return n
         return max((p for p in self.checkpoints if p <= n), default=0)
 

@@ -327,11 +327,13 @@ class Scheduler:
 
     def _place_from_disk(self, prompt: list[int], cut: Callable[[int], int]) -> tuple[Slot, int] | None:
         assert self.disk is not None
+        in_memory = self.cache.best_reuse(prompt, cut)
+        if len(prompt) < in_memory + MIN_PREFIX_COPY:
+            return None  # no file could be worth reading
         offer = self.disk.find(prompt, cut, self.model.n_swa)
         if offer is None:
             return None
         entry, expected = offer
-        in_memory = self.cache.best_reuse(prompt, cut)
         if expected < in_memory + MIN_PREFIX_COPY:
             return None
         loaded = self.disk.read(entry)
