@@ -351,9 +351,11 @@ class Scheduler:
     def _save_prefix(self, job: Job) -> None:
         """Hand a long prompt just processed to the disk cache (see :mod:`gemma_local.engine.prefix_disk`)."""
         disk, slot = self.disk, job.slot
-        if disk is None or slot is None or job.prompt_info.images or not disk.wants(job.prompt):
+        if disk is None or slot is None or job.prompt_info.images:
             return
         try:
+            if not disk.wants(job.prompt):
+                return
             # The copy is the slot's whole KV: never at the cost of the machine's last free memory.
             state = self.cache.snapshot(slot, limit=psutil.virtual_memory().available // 2)
             if state is not None and slot.tokens == job.prompt:
