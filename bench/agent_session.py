@@ -300,9 +300,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         for name in args.clients.split(","):
-            # Fresh servers per client, so one client's cache never helps the other.
+            # Fresh servers per client, so one client's cache never helps the other; the cold one
+            # must not load what the warm one saved on disk (in the home they share).
+            cold_flags = (*flags, "--force-tool", TOOL, "--no-prefix-disk")
             with serve(home, f"{name}-warm", *flags, "--force-tool", TOOL) as (warm, warm_log), \
-                 serve(home, f"{name}-cold", *flags, "--force-tool", TOOL) as (cold, cold_log):  # fmt: skip
+                 serve(home, f"{name}-cold", *cold_flags) as (cold, cold_log):  # fmt: skip
                 rows += run_client(name, warm, warm_log, cold, cold_log, args.turns, args.scale)
     later = [r for r in rows if r["turn"] > 1]
     summary = {

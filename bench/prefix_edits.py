@@ -3,9 +3,12 @@
 Cases (issue 19): a cached conversation of ~N tokens (default 8K) edited 600, 2,000 and 6,000
 tokens before its end; two conversations sharing a ~N/2-token system prompt. For each: cached
 tokens vs the common prefix, and time to first token vs the same prompt computed cold. Then
-decode speed with checkpoints on vs off (two engines resident, rounds interleaved).
+decode speed with checkpoints on vs off (two engines resident, rounds interleaved). After a
+restart (the disk prefix cache, part 3): the conversation is cached by one engine, which is
+closed; a new engine (a restarted server) gets the conversation plus one turn, or a second
+conversation sharing its first half, each right after its start.
 
-    .venv/bin/python bench/prefix_edits.py [--tokens 8192] [--rounds 2] [--skip-llama-server]
+    .venv/bin/python bench/prefix_edits.py [--tokens 8192] [--rounds 2] [--restart-only] [--skip-llama-server]
 
 llama.cpp's own llama-server (bench/build_llama_server.sh: the same llama.cpp version, its
 defaults otherwise: context checkpoints, slot choice by prompt similarity) gets the very same
@@ -18,8 +21,11 @@ request after its slots were erased.
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import httpx
 from common import THREADS, machine, median, model_path, write_result
@@ -28,6 +34,7 @@ from gemma_local.engine import (
     ChatMessage,
     CheckpointPolicy,
     ContextParams,
+    DiskCachePolicy,
     Engine,
     GenerationRequest,
     SamplingParams,
@@ -141,15 +148,73 @@ def decode_only(engine: Engine, params: ContextParams, cached: GenerationRequest
     )
 
 
+def after_restart(
+    engine: Engine, params: ContextParams, checkpoints: CheckpointPolicy, notes: list[str], base: GenerationRequest
+) -> list[dict[str, object]]:
+    """Rows for requests that a new engine gets right after its start, with the disk cache on.
+
+    ``engine`` (no disk cache) computes each request cold for the comparison.
+    """
+    root = Path(tempfile.mkdtemp(prefix="prefix-disk-"))
+    policy = DiskCachePolicy(root=root)
+    try:
+        first = Engine(model_path(), params, checkpoints=checkpoints, prefix_disk=policy)
+        answer = first.generate(base)
+        first.close()  # the file is written before close() returns
+        saved = sorted(root.glob("*/*.gpc"))
+        turn = (ChatMessage.text("assistant", answer.text), ChatMessage.text("user", "And 7 crates?"))
+        cases = {
+            "after a restart: the conversation plus one turn": GenerationRequest(
+                messages=base.messages + turn, sampling=GREEDY, max_tokens=1
+            ),
+            "after a restart: a conversation sharing its first half": conversation(
+                notes[: len(notes) // 2], "List port 5."
+            ),
+        }
+        rows = []
+        for case, request in cases.items():
+            started = time.perf_counter()
+            restarted = Engine(model_path(), params, checkpoints=checkpoints, prefix_disk=policy)
+            load_s = time.perf_counter() - started
+            warm_s, cached, prompt = ttft(restarted, request)
+            restarted.close()
+            engine.clear_prefix_cache()
+            cold_s, _, _ = ttft(engine, request)
+            common = common_prefix_len(engine.prompt_tokens(base), engine.prompt_tokens(request))
+            rows.append(
+                {
+                    "case": case,
+                    "prompt": prompt,
+                    "common": common,
+                    "cached": cached,
+                    "cached_of_common": round(cached / common, 3),
+                    "warm_ttft_s": round(warm_s, 3),
+                    "cold_ttft_s": round(cold_s, 3),
+                    "warm_over_cold": round(warm_s / cold_s, 3),
+                    "engine_start_s": round(load_s, 2),
+                    "file_bytes": sum(p.stat().st_size for p in saved),
+                }
+            )
+        return rows
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--tokens", type=int, default=8192, help="length of the cached conversation")
     parser.add_argument("--rounds", type=int, default=2, help="decode-speed rounds")
     parser.add_argument("--decode-only", action="store_true", help="only the decode-speed comparison")
     parser.add_argument("--skip-llama-server", action="store_true", help="no llama-server side by side")
+    parser.add_argument("--restart-only", action="store_true", help="only the after-a-restart rows (disk cache)")
+    parser.add_argument(
+        "--checkpoint-every", type=int, default=None, help="checkpoint spacing (default: the engine's, the window)"
+    )
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
-    engine = Engine(model_path(), params, checkpoints=CheckpointPolicy(max_checkpoints=8, checkpoint_every=1024))
+    checkpoints = CheckpointPolicy(max_checkpoints=8, checkpoint_every=args.checkpoint_every)
+    engine = Engine(model_path(), params, checkpoints=checkpoints)
+    every = engine._scheduler.cache.every
     notes = notes_for(engine, args.tokens)
     base = conversation(notes)
     n_base = len(engine.prompt_tokens(base))
@@ -158,6 +223,20 @@ def main() -> None:
 
     if args.decode_only:
         decode_only(engine, params, base, args.rounds)
+        return
+    if args.restart_only:
+        rows = after_restart(engine, params, checkpoints, notes, base)
+        engine.close()
+        write_result(
+            "prefix_edits_restart",
+            {
+                "bench": "prefix_edits --restart-only",
+                "machine": machine(),
+                "conversation_tokens": n_base,
+                "checkpoint_every": every,
+                "cases": rows,
+            },
+        )
         return
     llama = None if args.skip_llama_server else LlamaServer(params.n_ctx_per_seq)
 
@@ -221,6 +300,7 @@ def main() -> None:
         row["warm_over_cold"] = round(row["warm_ttft_s"] / row["cold_ttft_s"], 3)
         row["warm_ttft_s"] = round(row["warm_ttft_s"], 3)
         row["cold_ttft_s"] = round(row["cold_ttft_s"], 3)
+    rows += after_restart(engine, params, checkpoints, notes, base)
     bench_s = time.perf_counter() - started
     if llama is not None:
         llama.close()
@@ -236,6 +316,7 @@ def main() -> None:
         "bench": "prefix_edits",
         "machine": machine(),
         "conversation_tokens": n_base,
+        "checkpoint_every": every,
         "cases": rows,
         "decode_tok_s": speeds,
         "decode_on_over_off": round(speeds["checkpoints_on"] / speeds["checkpoints_off"], 3),

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # the planner is imported when a command needs it, not at CLI
     from gemma_local.memory import MachineMemory, Plan
 
 S = TypeVar("S", bound=BaseSettings)
+#: The disk prefix cache's folder under GEMMA_LOCAL_HOME (see gemma_local.engine.prefix_disk).
+PREFIX_CACHE_DIR = "prefix-cache"
 
 
 class CliError(click.ClickException):
@@ -178,6 +180,9 @@ def engine_options(func: Callable[..., Any]) -> Callable[..., Any]:
         setting_option(EngineSettings, "tensor_split", metavar="SHARES"),
         setting_option(EngineSettings, "checkpoints"),
         setting_option(EngineSettings, "checkpoint_every"),
+        setting_option(EngineSettings, "prefix_disk"),
+        setting_option(EngineSettings, "prefix_disk_max_gib", metavar="GIB"),
+        setting_option(EngineSettings, "prefix_disk_min_tokens", metavar="TOKENS"),
         setting_option(EngineSettings, "speculative"),
         setting_option(EngineSettings, "draft_model", metavar="NAME|PATH"),
         setting_option(EngineSettings, "draft_max"),
@@ -381,6 +386,21 @@ def open_engine(
         mmproj_path=mmproj,
         checkpoints=CheckpointPolicy(chosen.estimate.checkpoints, settings.checkpoint_every),
         speculation=speculation_policy(settings),
+        prefix_disk=prefix_disk_policy(settings),
+    )
+
+
+def prefix_disk_policy(settings: EngineSettings):
+    """The engine's :class:`~gemma_local.engine.DiskCachePolicy` (None: ``--no-prefix-disk``)."""
+    from gemma_local.engine import DiskCachePolicy
+    from gemma_local.paths import home_dir
+
+    if not settings.prefix_disk:
+        return None
+    return DiskCachePolicy(
+        root=home_dir() / PREFIX_CACHE_DIR,
+        max_bytes=int(settings.prefix_disk_max_gib * 2**30),
+        min_tokens=settings.prefix_disk_min_tokens,
     )
 
 

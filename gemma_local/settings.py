@@ -102,8 +102,29 @@ class EngineSettings(_Settings):
         description="Sliding-window checkpoints kept per slot, so a prompt edited far back reuses the cache "
         "up to the edit (default: up to 8, as many as memory allows; 0: none).",
     )
-    checkpoint_every: int = Field(
-        1024, ge=256, le=131072, description="Prompt tokens between two sliding-window checkpoints."
+    checkpoint_every: int | None = Field(
+        None,
+        ge=256,
+        le=131072,
+        description="Prompt tokens between two sliding-window checkpoints (default: the model's sliding "
+        "window, 512 tokens on Gemma 3 270M, 1024 on the larger ones).",
+    )
+    prefix_disk: bool = Field(
+        True,
+        description="Save the KV of long prompts under GEMMA_LOCAL_HOME/prefix-cache and load it back, so a "
+        "restarted server or a new session does not compute a long shared prefix again.",
+    )
+    prefix_disk_max_gib: float = Field(
+        8.0,
+        gt=0,
+        le=1048576,
+        description="GiB the on-disk prefix cache may take (all models); the least recently used prompts go first.",
+    )
+    prefix_disk_min_tokens: int = Field(
+        2048,
+        ge=256,
+        le=1048576,
+        description="A prompt is saved to the disk prefix cache when it has at least this many tokens not saved yet.",
     )
     speculative: Speculative = Field(
         "auto",

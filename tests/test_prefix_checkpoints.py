@@ -1,7 +1,8 @@
 """Sliding-window checkpoints and slot choice on the real engine (270M: a 512-token window).
 
 The session engine has 4 slots of 2048 tokens and the default checkpoint policy (one every
-1024 prompt tokens and one at each prompt's end).
+sliding window, 512 prompt tokens here, from the first mark past the window, and one at each
+prompt's end).
 """
 
 from __future__ import annotations
@@ -59,9 +60,9 @@ def test_an_edit_beyond_the_window_reuses_a_checkpoint_and_keeps_the_conversatio
     assert saved and all(abs(n - estimate(shape, ctx=2048).checkpoint_bytes) < 64 * 1024 for n in saved)
 
     warm = engine.generate(edited)
-    # Everything up to the checkpoint at 1024 came from the cache (copied from the original's
-    # slot into a free one), not the whole prompt.
-    assert 1024 <= warm.usage.cached_tokens <= diverge
+    # Everything up to the last checkpoint before the edit (one every 512 tokens from 1024 on)
+    # came from the cache (copied from the original's slot into a free one), not the whole prompt.
+    assert max(1024, diverge - 512) <= warm.usage.cached_tokens <= diverge
 
     # The original conversation was not overwritten: its next turn reuses all of it.
     follow_up = conversation(NOTES, ChatMessage.text("assistant", first.text), ChatMessage.text("user", "Thanks."))

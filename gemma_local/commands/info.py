@@ -13,6 +13,7 @@ from gemma_local.cli_support import (
     engine_settings,
     friendly_errors,
     plan_for,
+    prefix_disk_policy,
     rpc_workers,
     speculation_policy,
 )
@@ -22,6 +23,21 @@ KV_TYPES = ("f16", "q8_0", "q4_0")
 
 def _gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
+
+
+def _prefix_disk(settings) -> dict[str, Any]:
+    policy = prefix_disk_policy(settings)
+    if policy is None:
+        return {"enabled": False}
+    sizes = [p.stat().st_size for p in policy.root.glob("*/*.gpc")] if policy.root.is_dir() else []
+    return {
+        "enabled": True,
+        "path": str(policy.root),
+        "max_bytes": policy.max_bytes,
+        "min_new_tokens": policy.min_tokens,
+        "files": len(sizes),
+        "used_bytes": sum(sizes),
+    }
 
 
 def _cost_table(shape, ctxs: list[int]) -> list[dict[str, Any]]:
@@ -57,7 +73,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
     """
     import psutil
 
-    from gemma_local.engine import rpc
+    from gemma_local.engine import CheckpointPolicy, rpc
     from gemma_local.hub.catalog import load_catalog
     from gemma_local.hub.resolve import resolve_model
     from gemma_local.memory import MachineMemory, ModelShape
@@ -109,6 +125,8 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         },
         "plan": chosen.as_dict(),
         "speculative": {"setting": settings.speculative, **vars(spec)},
+        "checkpoint_every": CheckpointPolicy(checkpoint_every=settings.checkpoint_every).every(shape.n_swa),
+        "prefix_disk": _prefix_disk(settings),
         "kv_cost": _cost_table(shape, ctxs),
         "gemma_3_27b_at_128k": _cost_table(gemma_3_27b, [131072]),
     }
@@ -116,6 +134,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         click.echo(json.dumps(result, indent=2))
         return
     m, mo, e = result["machine"], result["model"], chosen.estimate
+    checkpoint_every = result["checkpoint_every"]
     click.echo("Machine")
     click.echo(f"  cores            {m['cores_physical']} physical, {m['cores_logical']} logical")
     click.echo(f"  RAM              {_gib(m['ram_available_bytes'])} free of {_gib(m['ram_total_bytes'])}")
@@ -151,7 +170,7 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
         + (f" + draft model {_gib(e.draft)}" if e.draft else "")
     )
     click.echo(
-        f"  checkpoints      {e.checkpoints} per slot, every {settings.checkpoint_every} prompt tokens, "
+        f"  checkpoints      {e.checkpoints} per slot, every {checkpoint_every} prompt tokens, "
         f"{e.checkpoint_bytes / 2**20:.1f} MiB each"
         if e.checkpoint_bytes
         else "  checkpoints      none (no sliding-window layers, or a full-size cache)"
@@ -171,6 +190,13 @@ def info(model_arg: str | None, as_json: bool, **engine_flags: Any) -> None:
             f"({chosen.parallel} sequences) + compute {_gib(e.draft_compute)}"
             + (f", {e.draft_checkpoint_bytes / 2**20:.1f} MiB per checkpoint" if e.draft_checkpoint_bytes else "")
         )
+    disk = result["prefix_disk"]
+    click.echo(
+        f"  prefix on disk   {disk['path']}, up to {_gib(disk['max_bytes'])} (now {_gib(disk['used_bytes'])} in "
+        f"{disk['files']} file(s)); prompts saved every {disk['min_new_tokens']} new tokens"
+        if disk["enabled"]
+        else "  prefix on disk   off (--prefix-disk turns it on)"
+    )
     for reason in chosen.reasons:
         click.echo(f"  - {reason}")
     if chosen.split is not None:

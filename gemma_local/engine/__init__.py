@@ -4,6 +4,7 @@ from gemma_local.engine.drafting import SpeculationPolicy
 from gemma_local.engine.engine import Engine, ModelInfo
 from gemma_local.engine.kv_slots import CheckpointPolicy
 from gemma_local.engine.model import ContextParams
+from gemma_local.engine.prefix_disk import DiskCachePolicy
 from gemma_local.engine.stream import GenerationStream
 from gemma_local.engine.types import (
     ChatMessage,
@@ -22,6 +23,7 @@ __all__ = [
     "ChatMessage",
     "CheckpointPolicy",
     "ContextParams",
+    "DiskCachePolicy",
     "Engine",
     "Finished",
     "GenerationRequest",

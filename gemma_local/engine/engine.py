@@ -22,6 +22,7 @@ from gemma_local.engine.draft_model import DraftModel
 from gemma_local.engine.drafting import SpeculationPolicy
 from gemma_local.engine.kv_slots import CheckpointPolicy
 from gemma_local.engine.model import ContextParams, LlamaModel
+from gemma_local.engine.prefix_disk import DiskCachePolicy
 from gemma_local.engine.sampling import SamplerChain
 from gemma_local.engine.scheduler import Prompt, Scheduler, SchedulerStats
 from gemma_local.engine.stream import GenerationStream
@@ -67,6 +68,8 @@ class Engine:
             (default: :class:`CheckpointPolicy`'s).
         speculation: speculative decoding (default: off); a draft model it names
             (``draft_model``, a GGUF path) is loaded beside the model, one sequence per slot.
+        prefix_disk: save long prompts' KV on disk and load it back, across restarts
+            (default: off; :mod:`gemma_local.engine.prefix_disk`).
 
     Raises:
         ModelNotFoundError, ModelLoadError: the file (or the draft model's) is missing, not GGUF,
@@ -85,6 +88,7 @@ class Engine:
         mmproj_path: str | os.PathLike[str] | None = None,
         checkpoints: CheckpointPolicy | None = None,
         speculation: SpeculationPolicy | None = None,
+        prefix_disk: DiskCachePolicy | None = None,
     ) -> None:
         params = params or ContextParams(n_ctx_per_seq=DEFAULT_CTX, n_seq=DEFAULT_PARALLEL)
         if speculation is not None and speculation.enabled:
@@ -110,9 +114,22 @@ class Engine:
         self.lost: WorkerLostError | None = None
         #: Called (from a llama.cpp thread) with that error, e.g. by a server to report itself degraded.
         self.on_worker_lost: Callable[[WorkerLostError], None] | None = None
-        self._scheduler = Scheduler(
-            self.model, max_queue=max_queue, checkpoints=checkpoints, speculation=speculation, draft=self.draft
-        )
+        try:
+            self._scheduler = Scheduler(
+                self.model,
+                max_queue=max_queue,
+                checkpoints=checkpoints,
+                speculation=speculation,
+                draft=self.draft,
+                prefix_disk=prefix_disk,
+            )
+        except Exception:
+            if self.draft is not None:
+                self.draft.close()
+            if self.vision is not None:
+                self.vision.close()
+            self.model.close()
+            raise
         if params.rpc_servers:
             rpc.watch_for_loss(params.rpc_servers, self._worker_lost)
 

@@ -26,7 +26,8 @@ window's cells of the sliding-window layers, so this alone never reaches back) a
 donor's checkpoint is restored on top.
 
 Checkpoints are taken at every multiple of ``checkpoint_every`` in a prompt (the scheduler ends
-prompt chunks there) and at its end, at most
+prompt chunks there; by default the model's sliding window, so a cut loses at most about one
+window more than the window alone would) and at its end, at most
 ``max_checkpoints`` per slot: when one more is taken, the one whose removal leaves the smallest
 gap goes, so they stay spread over the whole prompt however long it is. Each costs the
 window's cells on the sliding-window layers (the planner counts them:
@@ -48,6 +49,8 @@ if TYPE_CHECKING:
 #: A slot's content is worth keeping (and copying from) only from this many tokens on: below it,
 #: recomputing is about as cheap as a copy of a whole sequence's state.
 MIN_PREFIX_COPY = 256
+#: The least spacing of checkpoints: closer, each prompt chunk would be cut short for one.
+MIN_CHECKPOINT_EVERY = 256
 #: Only the sliding-window part of a sequence's state (llama.cpp's ``..._PARTIAL_ONLY``).
 STATE_SWA_ONLY = llama_cpp.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
 
@@ -90,10 +93,19 @@ def common_prefix_len(a: list[int], b: list[int]) -> int:
 
 @dataclass(frozen=True)
 class CheckpointPolicy:
-    """When checkpoints are taken and how many a slot keeps (0: none, prefix reuse stays within the window)."""
+    """When checkpoints are taken and how many a slot keeps (0: none, prefix reuse stays within the window).
+
+    ``checkpoint_every`` None: the model's sliding window (512 tokens on Gemma 3 270M, 1024 on
+    the larger ones), at least :data:`MIN_CHECKPOINT_EVERY`. The spacing costs no memory (a
+    slot keeps ``max_checkpoints`` however many are taken), only a copy of the window per mark.
+    """
 
     max_checkpoints: int = 8
-    checkpoint_every: int = 1024
+    checkpoint_every: int | None = None
+
+    def every(self, n_swa: int) -> int:
+        """The spacing for a model whose sliding window is ``n_swa`` tokens (0: none)."""
+        return self.checkpoint_every or max(MIN_CHECKPOINT_EVERY, n_swa)
 
 
 class SlotCache:
@@ -102,7 +114,8 @@ class SlotCache:
     def __init__(self, model: LlamaModel, policy: CheckpointPolicy | None = None) -> None:
         self.model = model
         self.policy = policy or CheckpointPolicy()
-        if self.policy.checkpoint_every <= 0:
+        self.every = self.policy.every(model.n_swa)
+        if self.every <= 0:
             raise ValueError("checkpoint_every must be positive")
         self.slots = [Slot(seq_id=i) for i in range(model.params.n_seq)]
         # Without sliding-window layers (or with swa_full) every cut is exact: no checkpoints needed.
@@ -119,7 +132,9 @@ class SlotCache:
         if not self._windowed:
             return True
         pos_min = llama_cpp.llama_memory_seq_pos_min(self.model.memory, slot.seq_id)
-        return 0 <= pos_min <= max(0, n - self.model.n_swa)
+        # The token decoded next, at position n, sees positions n - n_swa + 1 on (llama.cpp
+        # masks p0 when n - p0 >= n_swa): a state restored whole holds exactly those.
+        return 0 <= pos_min <= max(0, n - self.model.n_swa + 1)
 
     def reusable(self, slot: Slot, n: int) -> int:
         """The most of the slot's first ``n`` tokens a cut keeps (the window, or a checkpoint)."""
@@ -152,19 +167,33 @@ class SlotCache:
             The slot and how many of the prompt's tokens it already holds.
         """
         reuse = {id(s): self.reusable(s, cut(common_prefix_len(s.tokens, prompt))) for s in self.slots}
-
-        def lost(s: Slot) -> int:
-            left = len(s.tokens) - common_prefix_len(s.tokens, prompt)
-            return 0 if left < MIN_PREFIX_COPY else left
-
-        free = [s for s in self.slots if s.job is None]
-        target = min(free, key=lambda s: (lost(s), -reuse[id(s)], s.last_used))
+        target = self.target(prompt, reuse)
         donor = max(self.slots, key=lambda s: reuse[id(s)])
         if donor is not target and reuse[id(donor)] >= reuse[id(target)] + MIN_PREFIX_COPY:
             n = self.copy(donor, target, reuse[id(donor)])
             if n:
                 return target, n
         return target, self.truncate(target, reuse[id(target)])
+
+    def best_reuse(self, prompt: list[int], cut: Callable[[int], int]) -> int:
+        """The most of ``prompt`` any slot (free or busy) could give, the way :meth:`place` counts."""
+        return max(self.reusable(s, cut(common_prefix_len(s.tokens, prompt))) for s in self.slots)
+
+    def target(self, prompt: list[int], reuse: dict[int, int] | None = None) -> Slot:
+        """The free slot ``prompt`` costs the least content (see :meth:`place`).
+
+        Args:
+            prompt: the prompt's tokens.
+            reuse: what each slot could give it, by ``id(slot)`` (default: nothing counted).
+        """
+        reuse = reuse or {}
+
+        def lost(s: Slot) -> int:
+            left = len(s.tokens) - common_prefix_len(s.tokens, prompt)
+            return 0 if left < MIN_PREFIX_COPY else left
+
+        free = [s for s in self.slots if s.job is None]
+        return min(free, key=lambda s: (lost(s), -reuse.get(id(s), 0), s.last_used))
 
     # --- changing --------------------------------------------------------------------------
 
@@ -223,6 +252,39 @@ class SlotCache:
         dst.checkpoints = list(src.checkpoints)  # immutable snapshots: sharing them is safe
         return self.truncate(dst, n)
 
+    def snapshot(self, slot: Slot, limit: int | None = None) -> ctypes.Array | None:
+        """A host copy of the slot's whole sequence state (every position of the global layers,
+        the window of the sliding-window ones), matching ``slot.tokens``; None if unreadable or
+        larger than ``limit`` bytes."""
+        if slot.copy_pending:
+            return None
+        ctx = self.model.ctx
+        size = llama_cpp.llama_state_seq_get_size(ctx, slot.seq_id)
+        if not size or (limit is not None and size > limit):
+            return None
+        buf = (ctypes.c_uint8 * size)()
+        if llama_cpp.llama_state_seq_get_data(ctx, buf, size, slot.seq_id) != size:
+            return None
+        return buf
+
+    def load(self, slot: Slot, tokens: list[int], state: ctypes.Array, checkpoints: list[Checkpoint], n: int) -> int:
+        """Make ``slot`` hold the first ``n`` of ``tokens`` from a saved state and its checkpoints.
+
+        The inverse of :meth:`snapshot` (the state and checkpoints come from a file, see
+        :mod:`gemma_local.engine.prefix_disk`), then the usual cut back to ``n``.
+
+        Returns:
+            How many tokens the slot holds (0: llama.cpp refused the state; the slot is cleared).
+        """
+        self.clear(slot)
+        read = llama_cpp.llama_state_seq_set_data(self.model.ctx, state, len(state), slot.seq_id)
+        if read != len(state) or llama_cpp.llama_memory_seq_pos_max(self.model.memory, slot.seq_id) != len(tokens) - 1:
+            self.clear(slot)
+            return 0
+        slot.tokens = list(tokens)
+        slot.checkpoints = [c for c in checkpoints if c.pos <= len(tokens)]
+        return self.truncate(slot, n)
+
     def decoded(self) -> None:
         """A ``llama_decode`` ran: llama.cpp has carried out every queued stream copy."""
         for slot in self.slots:
@@ -236,8 +298,7 @@ class SlotCache:
         """The next position after ``pos`` where a checkpoint is due; a prompt chunk ends there."""
         if not self._windowed or self.policy.max_checkpoints <= 0:
             return None
-        every = self.policy.checkpoint_every
-        return (pos // every + 1) * every
+        return (pos // self.every + 1) * self.every
 
     def maybe_checkpoint(self, slot: Slot, *, prompt_done: bool) -> None:
         """Take a checkpoint after a prompt chunk if one is due (at each mark, and at the prompt's end)."""
@@ -247,7 +308,7 @@ class SlotCache:
         if pos <= self.model.n_swa:
             return  # the window still reaches back to position 0: any cut here is exact already
         last = slot.checkpoints[-1].pos if slot.checkpoints else 0
-        if pos == last or not (prompt_done or pos % self.policy.checkpoint_every == 0):
+        if pos == last or not (prompt_done or pos % self.every == 0):
             return
         checkpoint = self._capture(slot, pos)
         if checkpoint is None:

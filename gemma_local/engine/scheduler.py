@@ -8,7 +8,10 @@ are cancelled. A slot keeps its KV after a request ends, so the next request tha
 prefix with it (multi-turn chat, a shared system prompt) only computes the new tokens. Which
 slot a request gets, what it reuses there, and the sliding-window checkpoints that let a prompt
 edited far back reuse everything up to the edit are :mod:`gemma_local.engine.kv_slots`'s job;
-prompt chunks end where a checkpoint is due.
+prompt chunks end where a checkpoint is due. With a disk cache (:mod:`gemma_local.engine.prefix_disk`),
+a long prompt's state is copied here when its prefill ends (only this thread may read the
+context; the file is written on another), and a request that a saved prompt serves better than
+any slot has it loaded into its slot first.
 
 Speculative decoding rides in the same call: a generating slot may add draft tokens after its
 next token (prompt lookup, :mod:`gemma_local.engine.drafting`, or a draft model in a context of
@@ -35,11 +38,13 @@ from dataclasses import dataclass, field, replace
 
 import llama_cpp
 import numpy as np
+import psutil
 
 from gemma_local.engine.draft_model import DraftModel, DraftRequest
 from gemma_local.engine.drafting import DraftPacer, NgramDrafter, SpeculationPolicy
-from gemma_local.engine.kv_slots import CheckpointPolicy, Slot, SlotCache
+from gemma_local.engine.kv_slots import MIN_PREFIX_COPY, CheckpointPolicy, Slot, SlotCache
 from gemma_local.engine.model import LlamaModel
+from gemma_local.engine.prefix_disk import DiskCachePolicy, PrefixDiskCache, model_identity
 from gemma_local.engine.sampling import SamplerChain
 from gemma_local.engine.stream import GenerationStream
 from gemma_local.engine.text_stream import TextAssembler
@@ -138,12 +143,14 @@ class Scheduler:
         checkpoints: CheckpointPolicy | None = None,
         speculation: SpeculationPolicy | None = None,
         draft: DraftModel | None = None,
+        prefix_disk: DiskCachePolicy | None = None,
     ) -> None:
         self.model = model
         #: The draft model, when the policy drafts with one (its sequence i drafts for slot i).
         self.draft = draft
         self.max_queue = max_queue
         self.cache = SlotCache(model, checkpoints)
+        self.disk = PrefixDiskCache(prefix_disk, model_identity(model)) if prefix_disk is not None else None
         self.speculation = speculation or SpeculationPolicy()
         # Verifying drafts needs a row of logits per draft position (llama.cpp is told the most).
         self.speculation = replace(
@@ -210,6 +217,8 @@ class Scheduler:
         if self._batch is not None:
             llama_cpp.llama_batch_free(self._batch)
             self._batch = None
+        if self.disk is not None:
+            self.disk.close()  # the snapshots already taken still reach the disk
 
     def cancel_all(self) -> int:
         """Cancel every running and waiting request (each stream ends ``cancelled``); return how many."""
@@ -304,7 +313,7 @@ class Scheduler:
             inside = info.image_covering(n)
             return inside if inside is not None else n
 
-        slot, n_keep = self.cache.place(info.tokens, cut)
+        slot, n_keep = self._place(info.tokens, cut)
         slot.job = job
         job.slot = slot
         job.assembler = TextAssembler(job.request.stop)
@@ -319,6 +328,56 @@ class Scheduler:
             job.drafter = NgramDrafter(info.tokens)
         if drafter is not None:
             job.pacer = DraftPacer(max_len=self.speculation.draft_max)
+
+    def _place(self, prompt: list[int], cut: Callable[[int], int]) -> tuple[Slot, int]:
+        """:meth:`SlotCache.place`, unless a saved prompt on disk gives more than every slot."""
+        if self.disk is not None:
+            try:
+                placed = self._place_from_disk(prompt, cut)
+            except Exception:  # the disk cache is an optimisation: never a reason to fail a request
+                logger.exception("prefix cache: loading from disk failed")
+                placed = None
+            if placed is not None:
+                return placed
+        return self.cache.place(prompt, cut)
+
+    def _place_from_disk(self, prompt: list[int], cut: Callable[[int], int]) -> tuple[Slot, int] | None:
+        assert self.disk is not None
+        in_memory = self.cache.best_reuse(prompt, cut)
+        if len(prompt) < in_memory + MIN_PREFIX_COPY:
+            return None  # no file could be worth reading
+        offer = self.disk.find(prompt, cut, self.model.n_swa)
+        if offer is None:
+            return None
+        entry, expected = offer
+        if expected < in_memory + MIN_PREFIX_COPY:
+            return None
+        loaded = self.disk.read(entry)
+        if loaded is None:
+            return None
+        slot = self.cache.target(prompt)
+        n = self.cache.load(slot, loaded.tokens, loaded.state, loaded.checkpoints, cut(expected))
+        if n == 0:
+            self.disk.drop(entry.path)  # llama.cpp refused its state: not for this context
+            return None
+        if n <= in_memory:
+            return None  # the slot now holds the file's prefix; place() chooses again
+        return slot, n
+
+    def _save_prefix(self, job: Job) -> None:
+        """Hand a long prompt just processed to the disk cache (see :mod:`gemma_local.engine.prefix_disk`)."""
+        disk, slot = self.disk, job.slot
+        if disk is None or slot is None or job.prompt_info.images:
+            return
+        try:
+            if not disk.wants(job.prompt):
+                return
+            # The copy is the slot's whole KV: never at the cost of the machine's last free memory.
+            state = self.cache.snapshot(slot, limit=psutil.virtual_memory().available // 2)
+            if state is not None and slot.tokens == job.prompt:
+                disk.save(job.prompt, state, slot.checkpoints)
+        except Exception:
+            logger.exception("prefix cache: could not copy a prompt's state for the disk")
 
     def _clear_idle_slots(self) -> None:
         for slot in self.slots:
@@ -413,6 +472,7 @@ class Scheduler:
             if job.out_index >= 0:
                 job.prompt_done_at = now
                 self._isolated(job, lambda j: self._take(j, j.out_index))
+                self._save_prefix(job)  # after the first token: a save never delays it
 
     def _draft_budget(self, job: Job, room: int) -> int:
         """How many tokens ``job`` may draft this step (0 without a drafter or room)."""
