@@ -7,18 +7,22 @@ after the cache was put in some state (see CASES) and is compared with it: bit-i
 logprobs or not, the largest difference, whether the top token is the same, and its margin
 over the second.
 
-    BENCH_THREADS=1 .venv/bin/python bench/logit_exactness.py
+    BENCH_THREADS=1 .venv/bin/python bench/logit_exactness.py [--ring]
+
+``--ring`` runs only the restore check behind the table's restore rows: a 2,600-token prompt,
+checkpoints every 512 tokens, restored at 1,024, 1,536 and 2,048.
 
 Not a speed bench: the numbers do not depend on load (it takes a few minutes on 2 busy cores).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 
 from common import THREADS, machine, model_path, write_result
 
-from gemma_local.engine import ContextParams, Engine, GenerationRequest, SamplingParams
+from gemma_local.engine import CheckpointPolicy, ContextParams, Engine, GenerationRequest, SamplingParams
 from gemma_local.engine.types import GenerationResult
 
 WORDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta", "eta", "theta", "iota", "kappa", "lambda", "mu")
@@ -130,5 +134,27 @@ def main() -> None:
     write_result("logit_exactness", {"machine": machine(), "prompt_tokens": n, "cases": rows})
 
 
+def ring() -> None:
+    """Restores whose window a cold run holds at the start of the sliding-window ring, and others.
+
+    llama.cpp keeps a slot's sliding-window KV in a ring of n_swa + n_ubatch cells (1,024 here);
+    a prompt processed alone in 512-token chunks puts position q in cell q mod 1,024, and a
+    restored window goes to the ring's first cells. So a checkpoint at 1,536 (window 1,024-1,535,
+    cells 0-511 either way) should restore bit-identically and ones at 1,024 or 2,048 not.
+    """
+    params = ContextParams(n_ctx_per_seq=4096, n_seq=2, n_threads=THREADS)
+    policy = CheckpointPolicy(checkpoint_every=512)
+    fresh = Engine(model_path(), params, checkpoints=policy)
+    prompt = head(fresh, "".join(LINES + [line.replace("line", "row") for line in OTHER[:100]]), 2600)
+    ref = ask(fresh, prompt)
+    fresh.close()
+    engine = Engine(model_path(), params, checkpoints=policy)
+    for edit_at in (1560, 1050, 2080):
+        engine.clear_prefix_cache()
+        ask(engine, head(engine, prompt, edit_at) + filler(100))
+        compare(f"edit at ~{edit_at}: checkpoint restored", ref, ask(engine, prompt))
+    engine.close()
+
+
 if __name__ == "__main__":
-    main()
+    ring() if "--ring" in sys.argv else main()
