@@ -12,6 +12,18 @@ a copy of the slot's sliding-window state taken while the prompt was processed
 window as it was at its position ``p``; the global layers still hold every position, so the
 slot is exact again at ``p`` and only the tokens from ``p`` on are computed anew.
 
+"Exact" means the KV kept is the KV that was computed, with nothing missing from the window. It
+does not make what is computed on top of it bit-identical to computing the whole prompt cold:
+llama.cpp's CPU kernels are not batch-invariant (flash attention rounds queries to f16 under 64
+of a sequence's tokens in a micro-batch; K-quant matrix products take a tiled kernel from 32
+tokens on, whose results depend on how the rows are grouped), so a prefix computed in another
+request's chunks or one token at a time, a suffix recomputed in other chunks, or another
+request's tokens in the same step move the logits; and a restored window lands in other cells
+of the sliding-window ring than it had, so attention sums it in another order. On the 270M a
+logit moves by 0.4-1.7, up to ~7 after a short last chunk (``bench/logit_exactness.py``):
+greedy output matches a cold run when the top token leads clearly, not on a close call.
+llama-server runs on the same kernels.
+
 The same cut serves three callers: a new prompt that diverges from a slot's content (prefix
 reuse), a prompt copied from another slot (:meth:`SlotCache.copy`), and draft tokens a
 verification rejected.
