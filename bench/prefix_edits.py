@@ -210,9 +210,12 @@ def main() -> None:
     parser.add_argument(
         "--checkpoint-every", type=int, default=None, help="checkpoint spacing (default: the engine's, the window)"
     )
+    parser.add_argument(
+        "--checkpoints", type=int, default=32, help="checkpoints per slot (default: what serve plans for the 270M)"
+    )
     args = parser.parse_args()
     params = ContextParams(n_ctx_per_seq=args.tokens + 1024, n_seq=4, n_threads=THREADS)
-    checkpoints = CheckpointPolicy(max_checkpoints=8, checkpoint_every=args.checkpoint_every)
+    checkpoints = CheckpointPolicy(max_checkpoints=args.checkpoints, checkpoint_every=args.checkpoint_every)
     engine = Engine(model_path(), params, checkpoints=checkpoints)
     every = engine._scheduler.cache.every
     notes = notes_for(engine, args.tokens)

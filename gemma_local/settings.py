@@ -100,7 +100,8 @@ class EngineSettings(_Settings):
         ge=0,
         le=64,
         description="Sliding-window checkpoints kept per slot, so a prompt edited far back reuses the cache "
-        "up to the edit (default: up to 8, as many as memory allows; 0: none).",
+        "up to the edit (default: planned: 8 where memory allows, up to 32 while they take at most a quarter "
+        "of the memory left; 0: none).",
     )
     checkpoint_every: int | None = Field(
         None,

@@ -13,6 +13,8 @@ from gemma_local.memory import GIB, GpuMemory, MachineMemory, ModelShape, estima
 
 _27B = load_catalog().models["gemma-3-27b"]
 GEMMA3_27B = _27B.shape("Gemma 3 27B (QAT Q4_0)", _27B.quants["qat"].approx_bytes)
+_270M = load_catalog().models["gemma-3-270m"]
+_270M_SHAPE = _270M.shape("Gemma 3 270M", 253 * 2**20)
 
 
 def test_shape_read_from_the_gguf_header(model_path: Path) -> None:
@@ -179,8 +181,14 @@ def test_checkpoints_are_planned_to_fit_and_counted() -> None:
     e = roomy.estimate
     # One checkpoint of the 27B: the 1024-token window on its 52 sliding-window layers (f16).
     assert e.checkpoint_bytes == 1024 * 52 * 16 * (128 + 128) * 2
-    assert e.checkpoints == 8 and e.checkpoints_total == 8 * 4 * e.checkpoint_bytes
+    # At least the default 8, more while they take at most a quarter of what is left.
+    assert 8 <= e.checkpoints <= 32 and e.checkpoints_total == e.checkpoints * 4 * e.checkpoint_bytes
+    left = roomy.budget - (e.total - e.checkpoints_total)
+    assert e.checkpoints_total <= left / 4 < (e.checkpoints + 1) * 4 * e.checkpoint_bytes
     assert any("checkpoints per slot" in r for r in roomy.reasons)
+    # A small model's checkpoints are cheap: as many as the cap.
+    small = plan(_270M_SHAPE, big_machine)
+    assert small.estimate.checkpoints == 32
     tight = plan(GEMMA3_27B, MachineMemory(total_ram=24 * GIB, available_ram=20 * GIB, gpu_backend=False))
     assert tight.estimate.checkpoints < 8 and tight.estimate.total <= tight.budget
     fixed = plan(GEMMA3_27B, big_machine, checkpoints=2)

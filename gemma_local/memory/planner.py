@@ -51,6 +51,11 @@ CTX_CANDIDATES = (131072, 65536, 32768, 16384, 8192, 4096, 2048)
 MIN_USEFUL_CTX = 8192
 #: Sliding-window checkpoints per slot when memory allows (fewer, down to none, when it does not).
 DEFAULT_CHECKPOINTS = 8
+#: More, up to this many, while they take at most a quarter of the memory left over: with one
+#: every window, an edit anywhere in the first ``MAX_CHECKPOINTS`` windows of a conversation
+#: keeps all but less than a window of what precedes it (8 spread over a long prompt leave gaps
+#: of an eighth of it).
+MAX_CHECKPOINTS = 32
 
 
 def pad256(n: int) -> int:
@@ -289,7 +294,8 @@ def plan(
         draft_max: draft tokens a slot may verify per step (speculative decoding; 0: off).
         draft: the draft model loaded beside it (draft-model speculation; None without).
         checkpoints: sliding-window checkpoints per slot (``None``: up to
-            :data:`DEFAULT_CHECKPOINTS`, as many as fit beside the chosen configuration).
+            :data:`DEFAULT_CHECKPOINTS`, as many as fit beside the chosen configuration, and up to
+            :data:`MAX_CHECKPOINTS` while they take at most a quarter of the memory left).
 
     Returns:
         The most slots (4, 2, 1), then the largest context, then f16 before q8_0 that fit;
@@ -350,9 +356,10 @@ def plan(
                 f"compute {chosen.draft_compute / GIB:.2f})."
             )
         if checkpoints is None and chosen.checkpoint_bytes:
-            each = chosen.checkpoint_bytes + chosen.draft_checkpoint_bytes
-            room = max(0, budget - chosen.total) // (each * chosen.parallel)
-            chosen = replace(chosen, checkpoints=int(min(DEFAULT_CHECKPOINTS, room)))
+            each = (chosen.checkpoint_bytes + chosen.draft_checkpoint_bytes) * chosen.parallel
+            spare = max(0, budget - chosen.total)
+            count = max(min(DEFAULT_CHECKPOINTS, spare // each), min(MAX_CHECKPOINTS, spare // 4 // each))
+            chosen = replace(chosen, checkpoints=int(count))
         if chosen.checkpoints_total:
             reasons.append(
                 f"{chosen.checkpoints} sliding-window checkpoints per slot "
