@@ -15,7 +15,7 @@ defaults otherwise: context checkpoints, slot choice by prompt similarity) gets 
 requests in the same order, side by side: the prompt token ids our engine renders, sent to its
 ``/completion`` (so both sides see identical prompts), with ``--parallel 4`` and the same
 context per slot. Its cached tokens and prompt time come from its ``timings``; cold is the same
-request after its slots were erased.
+request with ``cache_prompt: false``.
 """
 
 from __future__ import annotations
@@ -99,17 +99,14 @@ class LlamaServer:
         )
         self.server.start()
 
-    def send(self, tokens: list[int]) -> tuple[float, int, int]:
-        """(prompt time s, cached tokens, prompt tokens) for one greedy one-token answer."""
-        body = {"prompt": tokens, "n_predict": 1, "temperature": 0, "cache_prompt": True}
+    def send(self, tokens: list[int], *, cold: bool = False) -> tuple[float, int, int]:
+        """(prompt time s, cached tokens, prompt tokens) for one greedy one-token answer
+        (``cold``: with its prompt cache off for this request, so nothing is reused)."""
+        body = {"prompt": tokens, "n_predict": 1, "temperature": 0, "cache_prompt": not cold}
         r = httpx.post(f"{self.server.base}/completion", json=body, timeout=3600)
         r.raise_for_status()
         timings = r.json()["timings"]
         return timings["prompt_ms"] / 1000, timings["cache_n"], timings["cache_n"] + timings["prompt_n"]
-
-    def clear(self) -> None:
-        for slot in range(self.SLOTS):
-            httpx.post(f"{self.server.base}/slots/{slot}", params={"action": "erase"}, timeout=60).raise_for_status()
 
     def close(self) -> None:
         self.server.stop()
@@ -293,8 +290,7 @@ def main() -> None:
         request = row.pop("request")
         row["cold_ttft_s"], _, _ = ttft(engine, request)
         if llama is not None:
-            llama.clear()
-            cold_s, _, _ = llama.send(engine.prompt_tokens(request))
+            cold_s, _, _ = llama.send(engine.prompt_tokens(request), cold=True)
             row["llama_server_cached_of_common"] = round(row["llama_server_cached"] / row["common"], 3)
             row["llama_server_warm_over_cold"] = round(row.pop("llama_server_warm_s") / cold_s, 3)
             if row.pop("llama_server_prompt") != row["prompt"]:
