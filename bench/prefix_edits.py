@@ -21,6 +21,7 @@ request with ``cache_prompt: false``.
 from __future__ import annotations
 
 import argparse
+import atexit
 import shutil
 import sys
 import tempfile
@@ -89,14 +90,13 @@ def ttft(engine: Engine, request: GenerationRequest) -> tuple[float, int, int]:
 class LlamaServer:
     """llama-server answering the same prompts (as token ids), resident for the whole run."""
 
-    SLOTS = 4
-
     def __init__(self, n_ctx_per_seq: int) -> None:
         from concurrency import free_port, llama_server_process
 
         self.server = llama_server_process(
             str(model_path()), str(THREADS), free_port(), n_ctx_per_seq, name="llama_server"
         )
+        atexit.register(self.close)  # a run that fails half-way leaves no server behind
         self.server.start()
 
     def send(self, tokens: list[int], *, cold: bool = False) -> tuple[float, int, int]:
