@@ -398,5 +398,13 @@ def minimum_plan(shape: ModelShape, machine: MachineMemory, *, projector_bytes: 
 
     ``pull`` takes a quantization only when this plan fits; :func:`plan`, which ``serve`` runs
     with the same shape and machine, then fits too (it tries this configuration among others).
+    Checkpoints count as the default few where they fit, not the extra ones spare memory buys,
+    so what it needs does not grow with the machine.
     """
-    return plan(shape, machine, ctx=min(MIN_USEFUL_CTX, shape.n_ctx_train), parallel=1, projector_bytes=projector_bytes)
+    ctx = min(MIN_USEFUL_CTX, shape.n_ctx_train)
+    chosen = plan(shape, machine, ctx=ctx, parallel=1, projector_bytes=projector_bytes)
+    if chosen.estimate.checkpoints > DEFAULT_CHECKPOINTS:
+        chosen = plan(
+            shape, machine, ctx=ctx, parallel=1, projector_bytes=projector_bytes, checkpoints=DEFAULT_CHECKPOINTS
+        )
+    return chosen
