@@ -368,9 +368,11 @@ def test_a_memory_cap_plans_within_it(store_home: Path) -> None:
     from gemma_local.settings import EngineSettings
 
     alpha = ModelCatalog.from_store(home=store_home).get("alpha")
-    roomy = StoreLoader(EngineSettings(), max_memory_bytes=64 * GIB).plan(alpha)
+    # Checkpoints fixed: left to the planner, spare memory buys more of them, and a cap then takes those first.
+    settings = EngineSettings(checkpoints=8)
+    roomy = StoreLoader(settings, max_memory_bytes=64 * GIB).plan(alpha)
     cap = int(roomy.memory_bytes * 0.7)
-    tight = StoreLoader(EngineSettings(), max_memory_bytes=cap)
+    tight = StoreLoader(settings, max_memory_bytes=cap)
     plan = tight.plan(alpha)
     assert tight.budget_bytes <= cap and plan.memory_bytes <= tight.budget_bytes
     assert plan.memory_bytes < roomy.memory_bytes
